@@ -1,0 +1,331 @@
+"""Streaming, cardinality-corrected mutual information of every field (and chosen pairs) with the click.
+
+After OutRank: a field's score is its plug-in MI with the label minus the MI
+it would show by chance given its value counts (models/nullmi.py), so
+ID-like fields score near zero instead of winning. Unlike OutRank it runs
+online:
+
+* **bounded memory**: per field and event-time block, a :class:`FieldCounts`
+  of at most ``max_values + tail_buckets`` categories; ``blocks`` blocks of
+  ``block_ms`` are kept (older evidence expires as event time passes), so
+  memory is ``fields x blocks x (max_values + tail_buckets) x 24 bytes`` at
+  most, whatever the stream length or cardinality;
+* **exactly mergeable**: the state of any partition of the stream, merged,
+  equals the state of one pass over all of it (shards, instances, restarts);
+* **significance**: every score comes with ``z`` = (MI - E) / sd of the null;
+* **pairs**: the joint (a, b) of pairs among the top ``pairs_top_n`` fields is
+  scored too (interactions such as XOR that no single field shows), and a
+  pair whose two fields determine each other (normalised MI between them of
+  at least ``redundancy_threshold``) marks the weaker field redundant.
+
+Pair candidates are chosen from the state's own scores when a new block
+opens (or set with :meth:`MIState.set_pairs`); a pair's counts cover the
+blocks since it was chosen, and its marginals are taken over the same blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from models.fieldcounts import FieldCounts
+from models.interning import EncodedBatch
+from models.nullmi import entropy, null_moments, plugin_mi
+
+SNAPSHOT_FORMAT = 1
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class MIConfig:
+    max_values: int = 4096
+    tail_buckets: int = 1024
+    block_ms: int = 7_200_000  # 0: one block, nothing expires
+    blocks: int = 12
+    pairs_top_n: int = 8
+    max_pairs: int = 28
+    redundancy_threshold: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.max_values < 1 or self.tail_buckets < 1:
+            raise ValueError("mi max_values and tail_buckets must be >= 1")
+        if self.block_ms < 0 or self.blocks < 1:
+            raise ValueError("mi block_ms must be >= 0 and blocks >= 1")
+        if self.pairs_top_n < 0 or self.max_pairs < 0:
+            raise ValueError("mi pairs_top_n and max_pairs must be >= 0")
+        if not 0.0 < self.redundancy_threshold <= 1.0:
+            raise ValueError("mi redundancy_threshold must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class FieldScore:
+    name: str
+    score: float  # corrected MI (nats): mi - expected
+    mi: float  # plug-in MI (nats)
+    expected: float  # mean plug-in MI under permuted labels
+    z: float  # (mi - expected) / sd of the null
+    examples: int
+    positives: int
+    cardinality: int  # distinct values (estimated above max_values)
+    entropy: float
+    redundant_with: str | None = None
+
+
+@dataclass(frozen=True)
+class PairScore:
+    fields: Pair
+    score: float  # corrected MI of the joint (a, b) with the label
+    mi: float
+    z: float
+    gain: float  # score - score(a) - score(b): what the pair adds over its parts
+    nmi: float  # MI(a; b) / max(H(a), H(b)) over the pair's blocks
+
+
+def corrected(counts: np.ndarray) -> tuple[float, float, float, float]:
+    """(score, mi, expected, z) of a ``[negatives, positives]`` category table."""
+    n = int(counts.sum())
+    n1 = int(counts[:, 1].sum()) if n else 0
+    mi = plugin_mi(counts)
+    expected, variance = null_moments(counts.sum(axis=1), n, n1)
+    z = (mi - expected) / math.sqrt(variance) if variance > 0 else 0.0
+    return mi - expected, mi, expected, z
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def pair_hash(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of the value pair (splitmix64 finaliser of a combination)."""
+    x = a * _GOLDEN ^ (b + np.uint64(0x632BE59BD9B4E019))
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _merge_all(parts: Iterable[FieldCounts]) -> FieldCounts | None:
+    total: FieldCounts | None = None
+    for part in parts:
+        if total is None:
+            total = part.copy()
+        else:
+            total.merge(part)
+    return total
+
+
+class MIState:
+    """Per-block field (and pair) counts; ``update``, ``merge``, ``scores``, ``snapshot``/``restore``."""
+
+    def __init__(self, config: MIConfig | None = None) -> None:
+        self.config = config or MIConfig()
+        self.blocks: dict[int, dict[str, FieldCounts]] = {}
+        self.pair_blocks: dict[int, dict[Pair, FieldCounts]] = {}
+        self.pairs: tuple[Pair, ...] = ()
+        self.newest_block: int | None = None
+        self.expired_examples = 0
+
+    def _new_counts(self) -> FieldCounts:
+        return FieldCounts(self.config.max_values, self.config.tail_buckets)
+
+    def _block_ids(self, ts: np.ndarray) -> np.ndarray:
+        if self.config.block_ms == 0:
+            return np.zeros(len(ts), dtype=np.int64)
+        return np.asarray(ts, dtype=np.int64) // self.config.block_ms
+
+    def _oldest_live(self) -> int | None:
+        return None if self.newest_block is None else self.newest_block - self.config.blocks + 1
+
+    # ------------------------------------------------------------ update
+    def update(self, batch: EncodedBatch, labels: np.ndarray, ts: np.ndarray) -> None:
+        """Count a batch of labelled examples with event times ``ts`` (epoch ms)."""
+        n = len(labels)
+        if n == 0:
+            return
+        labels = np.asarray(labels)
+        block = self._block_ids(ts)
+        newest = int(block.max())
+        if self.newest_block is None or newest > self.newest_block:
+            opened = self.newest_block is not None
+            if opened and self.config.pairs_top_n >= 2:
+                self.set_pairs(self.candidate_pairs())
+            self.newest_block = newest
+            self._expire()
+        oldest = self._oldest_live()
+        assert oldest is not None
+        live = block >= oldest
+        self.expired_examples += int(n - live.sum())
+        columns = {name: j for j, name in enumerate(batch.fields)}
+        for b in np.unique(block[live]).tolist():
+            rows = np.flatnonzero(block == b)
+            single = len(rows) == n
+            h = batch.hashes if single else batch.hashes[rows]
+            y = labels if single else labels[rows]
+            fields = self.blocks.setdefault(b, {})
+            for name, j in columns.items():
+                counts = fields.get(name)
+                if counts is None:
+                    counts = fields[name] = self._new_counts()
+                counts.update(h[:, j], y)
+            if self.pairs:
+                pair_tables = self.pair_blocks.setdefault(b, {})
+                for pair in self.pairs:
+                    ja, jb = columns.get(pair[0]), columns.get(pair[1])
+                    if ja is None or jb is None:
+                        continue
+                    table = pair_tables.get(pair)
+                    if table is None:
+                        table = pair_tables[pair] = self._new_counts()
+                    table.update(pair_hash(h[:, ja], h[:, jb]), y)
+
+    def advance(self, watermark_ms: int | None) -> None:
+        """Expire blocks that event time (the join's watermark) has left behind."""
+        if watermark_ms is None or self.config.block_ms == 0:
+            return
+        block = int(watermark_ms) // self.config.block_ms
+        if self.newest_block is None or block > self.newest_block:
+            if self.newest_block is not None and self.config.pairs_top_n >= 2:
+                self.set_pairs(self.candidate_pairs())
+            self.newest_block = block
+            self._expire()
+
+    def _expire(self) -> None:
+        oldest = self._oldest_live()
+        for table in (self.blocks, self.pair_blocks):
+            for b in [b for b in table if oldest is not None and b < oldest]:
+                del table[b]
+
+    def set_pairs(self, pairs: Iterable[Pair]) -> None:
+        """Score these pairs from now on (names sorted within a pair; at most ``max_pairs``)."""
+        unique = sorted({tuple(sorted(p)) for p in pairs if p[0] != p[1]})
+        self.pairs = tuple((a, b) for a, b in unique)[: self.config.max_pairs]
+
+    def candidate_pairs(self) -> list[Pair]:
+        """All pairs among the ``pairs_top_n`` fields with the highest scores."""
+        top = [s.name for s in self.scores(with_pairs=False)[: self.config.pairs_top_n] if s.score > 0]
+        return [(a, b) for i, a in enumerate(top) for b in top[i + 1 :]]
+
+    # ------------------------------------------------------------- merge
+    def merge(self, other: MIState) -> None:
+        """Add another state's counts; equal to one pass over both streams."""
+        if (other.config.max_values, other.config.tail_buckets, other.config.block_ms) != (
+            self.config.max_values, self.config.tail_buckets, self.config.block_ms,
+        ):
+            raise ValueError("cannot merge MI states with different max_values, tail_buckets or block_ms")
+        for mine, theirs in ((self.blocks, other.blocks), (self.pair_blocks, other.pair_blocks)):
+            for b, tables in theirs.items():
+                target: dict[Any, FieldCounts] = mine.setdefault(b, {})  # type: ignore[assignment]
+                for key, counts in tables.items():
+                    if key in target:
+                        target[key].merge(counts)
+                    else:
+                        target[key] = counts.copy()
+        if other.newest_block is not None and (self.newest_block is None or other.newest_block > self.newest_block):
+            self.newest_block = other.newest_block
+        self.set_pairs([*self.pairs, *other.pairs])
+        self.expired_examples += other.expired_examples
+        self._expire()
+
+    # ----------------------------------------------------------- reading
+    def field_names(self) -> list[str]:
+        return sorted({name for fields in self.blocks.values() for name in fields})
+
+    def field_counts(self, name: str, blocks: Iterable[int] | None = None) -> FieldCounts | None:
+        chosen = sorted(self.blocks) if blocks is None else blocks
+        return _merge_all(self.blocks[b][name] for b in chosen if b in self.blocks and name in self.blocks[b])
+
+    def _score_field(self, name: str, counts: FieldCounts) -> FieldScore:
+        table = counts.category_counts()
+        score, mi, expected, z = corrected(table)
+        return FieldScore(
+            name=name, score=score, mi=mi, expected=expected, z=z,
+            examples=int(table.sum()), positives=int(table[:, 1].sum()),
+            cardinality=counts.distinct_estimate(), entropy=entropy(table.sum(axis=1)),
+        )
+
+    def scores(self, with_pairs: bool = True) -> list[FieldScore]:
+        """Every field's score, best first (ties by name), with redundancy flags from the pair tables."""
+        out: dict[str, FieldScore] = {}
+        for name in self.field_names():
+            counts = self.field_counts(name)
+            assert counts is not None
+            out[name] = self._score_field(name, counts)
+        if with_pairs:
+            for pair in self.pair_scores(out):
+                if pair.nmi < self.config.redundancy_threshold:
+                    continue
+                a, b = (out[f] for f in pair.fields)
+                strong, weak = (a, b) if (-a.score, a.name) <= (-b.score, b.name) else (b, a)
+                if out[weak.name].redundant_with is None:
+                    out[weak.name] = _with_redundant(weak, strong.name)
+        return sorted(out.values(), key=lambda s: (-s.score, s.name))
+
+    def pair_scores(self, fields: dict[str, FieldScore] | None = None) -> list[PairScore]:
+        """Scores of the pairs that have counts, best first."""
+        names = set(self.field_names())
+        if fields is None:
+            fields = {}
+        result = []
+        keys = sorted({p for tables in self.pair_blocks.values() for p in tables})
+        for pair in keys:
+            if pair[0] not in names or pair[1] not in names:
+                continue
+            blocks = sorted(b for b, tables in self.pair_blocks.items() if pair in tables)
+            joint = _merge_all(self.pair_blocks[b][pair] for b in blocks)
+            ca, cb = self.field_counts(pair[0], blocks), self.field_counts(pair[1], blocks)
+            if joint is None or ca is None or cb is None:
+                continue
+            table = joint.category_counts()
+            score, mi, _, z = corrected(table)
+            ha, hb = entropy(ca.category_counts().sum(axis=1)), entropy(cb.category_counts().sum(axis=1))
+            hab = entropy(table.sum(axis=1))
+            top = max(ha, hb)
+            nmi = min(max((ha + hb - hab) / top, 0.0), 1.0) if top > 0 else 0.0
+            sa = fields[pair[0]].score if pair[0] in fields else self._score_field(pair[0], ca).score
+            sb = fields[pair[1]].score if pair[1] in fields else self._score_field(pair[1], cb).score
+            result.append(PairScore(pair, score, mi, z, score - sa - sb, nmi))
+        return sorted(result, key=lambda p: (-p.score, p.fields))
+
+    def examples(self) -> int:
+        """Live examples (those of the field seen most often)."""
+        per_field = [c.examples for c in self.scores(with_pairs=False)]
+        return max(per_field) if per_field else 0
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for t in (self.blocks, self.pair_blocks) for f in t.values() for c in f.values())
+
+    # ------------------------------------------------------- persistence
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "config": asdict(self.config),
+            "blocks": {b: {n: c.snapshot() for n, c in f.items()} for b, f in self.blocks.items()},
+            "pair_blocks": {
+                b: [[a, c, t.snapshot()] for (a, c), t in f.items()] for b, f in self.pair_blocks.items()
+            },
+            "pairs": [list(p) for p in self.pairs],
+            "newest_block": self.newest_block,
+            "expired_examples": self.expired_examples,
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> MIState:
+        if snap.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"MI snapshot format {snap.get('format')!r} is not {SNAPSHOT_FORMAT}")
+        state = cls(MIConfig(**snap["config"]))
+        state.blocks = {
+            int(b): {n: FieldCounts.restore(c) for n, c in f.items()} for b, f in snap["blocks"].items()
+        }
+        state.pair_blocks = {
+            int(b): {(a, c): FieldCounts.restore(t) for a, c, t in f} for b, f in snap["pair_blocks"].items()
+        }
+        state.pairs = tuple((a, b) for a, b in snap["pairs"])
+        state.newest_block = None if snap["newest_block"] is None else int(snap["newest_block"])
+        state.expired_examples = int(snap["expired_examples"])
+        return state
+
+
+def _with_redundant(score: FieldScore, other: str) -> FieldScore:
+    return FieldScore(**{**asdict(score), "redundant_with": other})
