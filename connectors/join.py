@@ -1,0 +1,362 @@
+"""Join impressions and clicks into labelled examples by event time.
+
+An impression with id ``i`` at ``t`` becomes a **positive** example as soon as
+a click on ``i`` with ``t <= click.ts <= t + window`` is seen, and a
+**negative** one once the watermark passes ``t + window`` without one.
+``labeled`` events pass straight through.
+
+Why the output depends only on the data (the daemon's checkpoints are
+crash-exact, so it must not depend on how two topics interleave or where
+batches end):
+
+* The watermark is ``min`` over the registered sources of the largest ``ts``
+  seen from each, minus ``lateness_ms``; a registered source that has sent
+  nothing yet holds it back. So no source can be overtaken: as long as each
+  source is ordered to within ``lateness_ms``, nothing it still has to
+  deliver lies behind the watermark. Register every source of a shard
+  (``sources=`` or :meth:`add_source`) before processing, or one fast topic
+  can expire impressions before the other topic's clicks are read.
+* A click whose impression is not known yet waits in a bounded buffer until
+  the watermark passes ``click.ts + lateness_ms`` (then it is an *orphan*);
+  the impression, when it comes, collects it. A matched impression stays
+  (without its features) until its window closes, so a second click counts
+  as a duplicate however the clicks and the impression are interleaved.
+* Negatives come out in ``(ts, id)`` order.
+
+Bounds break this on purpose: past ``max_pending`` impressions the oldest is
+emitted as a negative early (``evicted``), past ``max_pending_clicks`` the
+oldest waiting click becomes an orphan (``evicted_clicks``). Events older
+than ``watermark - window`` (their window is already closed) or more than
+``max_future_ms`` ahead of the largest ts seen are returned as rejected with
+reason ``ts_out_of_range`` for the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
+from typing import Any, NamedTuple
+
+from connectors.codec import Click, Event, Features, Impression
+
+REJECT_REASON = "ts_out_of_range"
+SNAPSHOT_FORMAT = 1
+
+Source = Hashable  # e.g. (topic, partition)
+
+
+class Example(NamedTuple):
+    """A labelled example: ``ts`` is the impression's event time, ``label`` 0 or 1."""
+
+    ts: int
+    features: Features
+    label: int
+
+
+@dataclass(slots=True)
+class JoinResult:
+    """What one :meth:`JoinBuffer.process` call produced.
+
+    ``rejected`` holds ``(index into the events given, reason)``; ``orphans``
+    and ``duplicates`` count clicks classified during this call (clicks that
+    wait and later turn orphan are counted by :meth:`JoinBuffer.stats`).
+    """
+
+    examples: list[Example] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    orphans: int = 0
+    duplicates: int = 0
+
+
+_COUNTERS = (
+    "orphan_clicks", "duplicate_clicks", "positives", "negatives", "labeled", "too_late",
+    "too_far_ahead", "evicted", "evicted_clicks", "duplicate_impressions",
+)
+
+
+class JoinBuffer:
+    """Bounded event-time join of impressions and clicks (see the module docstring).
+
+    Not thread-safe; one instance per shard. ``snapshot()`` → ``restore()``
+    gives a buffer whose future output equals that of the original.
+    """
+
+    def __init__(
+        self,
+        window_ms: int,
+        lateness_ms: int = 0,
+        max_pending: int = 1_000_000,
+        max_future_ms: int = 86_400_000,
+        max_pending_clicks: int | None = None,
+        sources: Iterable[Source] = (),
+    ) -> None:
+        if window_ms < 0 or lateness_ms < 0 or max_future_ms < 0:
+            raise ValueError("window_ms, lateness_ms and max_future_ms must be >= 0")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self.window_ms = int(window_ms)
+        self.lateness_ms = int(lateness_ms)
+        self.max_pending = int(max_pending)
+        self.max_future_ms = int(max_future_ms)
+        # clicks are a few % of impressions, so a tenth of the impression bound is generous
+        self.max_pending_clicks = int(max_pending_clicks or max(1000, max_pending // 10))
+        # id -> (ts, features); features None once matched (kept only to spot duplicate clicks)
+        self._imps: dict[str, tuple[int, Features | None]] = {}
+        self._imp_heap: list[tuple[int, str]] = []
+        # id -> click timestamps waiting for their impression; the heap may hold stale entries
+        self._clicks: dict[str, list[int]] = {}
+        self._click_heap: list[tuple[int, str]] = []
+        self._n_clicks = 0
+        self._source_max: dict[Source, int | None] = {s: None for s in sources}
+        self._max_seen: int | None = None
+        self._watermark: int | None = None
+        self._c = dict.fromkeys(_COUNTERS, 0)
+
+    # ------------------------------------------------------------- sources
+    def add_source(self, source: Source) -> None:
+        """Register a source; until it sends data it holds the watermark where it is."""
+        self._source_max.setdefault(source, None)
+
+    def forget_source(self, source: Source) -> None:
+        """Drop a (revoked) source from the watermark. The watermark never moves back."""
+        self._source_max.pop(source, None)
+        self._update_watermark()
+
+    @property
+    def watermark_ms(self) -> int | None:
+        """Event time up to which all sources are complete; None before every source sent data."""
+        return self._watermark
+
+    @property
+    def pending_impressions(self) -> int:
+        return len(self._imps)
+
+    @property
+    def pending_clicks(self) -> int:
+        return self._n_clicks
+
+    def _update_watermark(self) -> None:
+        marks = [m for m in self._source_max.values() if m is not None]
+        if not marks or len(marks) < len(self._source_max):
+            return
+        wm = min(marks) - self.lateness_ms
+        if self._watermark is None or wm > self._watermark:
+            self._watermark = wm
+
+    # ------------------------------------------------------------- processing
+    def process(self, events: Sequence[Event], source: Source) -> JoinResult:
+        """Join a batch of decoded events from ``source``; returns positives, labeled examples,
+        early negatives from eviction, and the indices of events rejected as out of range.
+
+        The watermark moves at the end of the batch; call :meth:`expire` to get the negatives
+        whose window it closed.
+        """
+        res = JoinResult()
+        out = res.examples
+        c = self._c
+        orphans0, dups0 = c["orphan_clicks"], c["duplicate_clicks"]
+        wm = self._watermark
+        too_old = -(2**63) if wm is None else wm - self.window_ms
+        ahead = self.max_future_ms
+        max_seen = self._max_seen
+        smax = self._source_max.get(source)
+        for i, ev in enumerate(events):
+            ts = ev.ts
+            if ts < too_old:
+                c["too_late"] += 1
+                res.rejected.append((i, REJECT_REASON))
+                continue
+            if max_seen is not None and ts > max_seen + ahead:
+                c["too_far_ahead"] += 1
+                res.rejected.append((i, REJECT_REASON))
+                continue
+            if smax is None or ts > smax:
+                smax = ts
+                if max_seen is None or ts > max_seen:
+                    max_seen = ts
+            kind = type(ev)
+            if kind is Impression:
+                self._impression(ev, out)  # type: ignore[arg-type]
+            elif kind is Click:
+                self._click(ev, out, wm)  # type: ignore[arg-type]
+            else:
+                label = ev.label  # type: ignore[union-attr]
+                out.append(Example(ts, ev.features, label))  # type: ignore[arg-type]
+                c["labeled"] += 1
+                c["positives" if label else "negatives"] += 1
+        self._source_max[source] = smax
+        self._max_seen = max_seen
+        self._update_watermark()
+        res.orphans = c["orphan_clicks"] - orphans0
+        res.duplicates = c["duplicate_clicks"] - dups0
+        return res
+
+    def _impression(self, ev: Impression, out: list[Example]) -> None:
+        ident, t = ev.id, ev.ts
+        imps = self._imps
+        if ident in imps:  # ids are unique by contract; the first one wins
+            self._c["duplicate_impressions"] += 1
+            return
+        feats: Features | None = ev.features
+        waiting = self._clicks.pop(ident, None)
+        if waiting is not None:
+            self._n_clicks -= len(waiting)
+            end = t + self.window_ms
+            hits = sum(1 for ct in waiting if t <= ct <= end)
+            self._c["orphan_clicks"] += len(waiting) - hits
+            if hits:
+                self._c["duplicate_clicks"] += hits - 1
+                self._c["positives"] += 1
+                out.append(Example(t, ev.features, 1))
+                feats = None
+        imps[ident] = (t, feats)
+        heappush(self._imp_heap, (t, ident))
+        if len(imps) > self.max_pending:
+            self._evict_impression(out)
+
+    def _click(self, ev: Click, out: list[Example], wm: int | None) -> None:
+        ident, ct = ev.id, ev.ts
+        known = self._imps.get(ident)
+        c = self._c
+        if known is not None:
+            t, feats = known
+            if not t <= ct <= t + self.window_ms:
+                c["orphan_clicks"] += 1
+            elif feats is None:
+                c["duplicate_clicks"] += 1
+            else:
+                self._imps[ident] = (t, None)
+                c["positives"] += 1
+                out.append(Example(t, feats, 1))
+            return
+        if wm is not None and ct < wm - self.lateness_ms:
+            c["orphan_clicks"] += 1  # its impression would already be too late to arrive
+            return
+        waiting = self._clicks.get(ident)
+        if waiting is None:
+            self._clicks[ident] = [ct]
+        else:
+            waiting.append(ct)
+        heappush(self._click_heap, (ct, ident))
+        self._n_clicks += 1
+        if self._n_clicks > self.max_pending_clicks:
+            self._pop_click(evicted=True)
+
+    def _evict_impression(self, out: list[Example]) -> None:
+        t, ident = heappop(self._imp_heap)
+        _, feats = self._imps.pop(ident)
+        self._c["evicted"] += 1
+        if feats is not None:
+            self._c["negatives"] += 1
+            out.append(Example(t, feats, 0))
+
+    def _pop_click(self, evicted: bool, before: int | None = None) -> bool:
+        """Turn the oldest waiting click (if older than ``before``) into an orphan, skipping heap
+        entries whose click an impression already collected. False when there is none."""
+        heap, clicks = self._click_heap, self._clicks
+        while heap and (before is None or heap[0][0] < before):
+            ct, ident = heappop(heap)
+            waiting = clicks.get(ident)
+            if waiting is None or ct not in waiting:
+                continue  # stale
+            waiting.remove(ct)
+            if not waiting:
+                del clicks[ident]
+            self._n_clicks -= 1
+            self._c["orphan_clicks"] += 1
+            if evicted:
+                self._c["evicted_clicks"] += 1
+            return True
+        return False
+
+    def expire(self) -> list[Example]:
+        """Emit, in (ts, id) order, the negatives whose window the watermark has passed,
+        and turn clicks that waited past ``watermark`` + lateness into orphans."""
+        wm = self._watermark
+        out: list[Example] = []
+        if wm is None:
+            return out
+        heap, imps = self._imp_heap, self._imps
+        limit = wm - self.window_ms  # open while t + window >= watermark
+        neg = 0
+        while heap and heap[0][0] < limit:
+            t, ident = heappop(heap)
+            _, feats = imps.pop(ident)
+            if feats is not None:
+                out.append(Example(t, feats, 0))
+                neg += 1
+        self._c["negatives"] += neg
+        climit = wm - self.lateness_ms
+        while self._pop_click(evicted=False, before=climit):
+            pass
+        if len(self._click_heap) > 2 * self._n_clicks + 1024:  # shed stale (collected) entries
+            self._click_heap = [(ct, i) for i, cts in self._clicks.items() for ct in cts]
+            heapify(self._click_heap)
+        return out
+
+    advance = expire
+
+    def flush(self) -> list[Example]:
+        """End of input: emit every unmatched pending impression as a negative, in (ts, id) order,
+        and count every waiting click as an orphan. Leaves the buffer empty."""
+        imps = self._imps
+        out = [Example(t, f, 0) for t, i in sorted(self._imp_heap) if (f := imps[i][1]) is not None]
+        self._c["negatives"] += len(out)
+        self._c["orphan_clicks"] += self._n_clicks
+        self._imps.clear()
+        self._imp_heap.clear()
+        self._clicks.clear()
+        self._click_heap.clear()
+        self._n_clicks = 0
+        return out
+
+    # ------------------------------------------------------------- state
+    def stats(self) -> dict[str, int]:
+        """Cumulative counters plus the current buffer sizes."""
+        out = dict(self._c)
+        out["pending_impressions"] = len(self._imps)
+        out["pending_clicks"] = self._n_clicks
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-data state (lists, dicts, ints, str; sources as given). Feature dicts are
+        shared, not copied: serialise the snapshot before mutating them."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "config": {
+                "window_ms": self.window_ms, "lateness_ms": self.lateness_ms,
+                "max_pending": self.max_pending, "max_future_ms": self.max_future_ms,
+                "max_pending_clicks": self.max_pending_clicks,
+            },
+            "impressions": [[i, t, f] for i, (t, f) in self._imps.items()],
+            "clicks": [[i, list(cts)] for i, cts in self._clicks.items()],
+            "sources": [[s, m] for s, m in self._source_max.items()],
+            "max_seen": self._max_seen,
+            "watermark": self._watermark,
+            "counters": dict(self._c),
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> JoinBuffer:
+        """Rebuild a buffer from :meth:`snapshot` (also after a JSON round trip: list sources
+        become tuples)."""
+        if snap.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(
+                f"join snapshot format {snap.get('format')!r}, expected {SNAPSHOT_FORMAT}"
+            )
+        buf = cls(**snap["config"])
+        buf._imps = {i: (int(t), f) for i, t, f in snap["impressions"]}
+        buf._imp_heap = [(t, i) for i, (t, _) in buf._imps.items()]
+        heapify(buf._imp_heap)
+        buf._clicks = {i: [int(ct) for ct in cts] for i, cts in snap["clicks"]}
+        buf._click_heap = [(ct, i) for i, cts in buf._clicks.items() for ct in cts]
+        heapify(buf._click_heap)
+        buf._n_clicks = sum(len(cts) for cts in buf._clicks.values())
+        buf._source_max = {
+            (tuple(s) if isinstance(s, list) else s): m for s, m in snap["sources"]
+        }
+        buf._max_seen = snap["max_seen"]
+        buf._watermark = snap["watermark"]
+        buf._c.update(snap["counters"])
+        return buf
