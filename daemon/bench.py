@@ -1,0 +1,261 @@
+"""``featsieve bench SUITE``: measurements side by side with a baseline in the same run.
+
+Machines are shared and noisy, so every suite reports ratios against a
+baseline measured in the same process run, beside the absolute rates.
+Output: one JSON object (``--json``) with ``suite``, ``*_per_s`` rates and
+``ratio`` where a baseline runs; otherwise a readable table too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import orjson
+
+from daemon.config import Settings
+
+log = logging.getLogger("featsieve.bench")
+
+SIZES = {"tiny": 20_000, "small": 100_000, "full": 400_000}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def produce_stream(
+    settings: Settings, topics: tuple[str, str], impressions: int, seed: int = 11, partitions: int = 1
+) -> int:
+    """Generate the default ~40-field stream into ``topics``; returns the number of events produced."""
+    from connectors.codec import encode
+    from connectors.kafka_io import TopicSpec, ensure_topics, make_admin, make_producer
+    from connectors.synthetic import GeneratorConfig, generate
+    from daemon.settings_map import endpoint_from
+
+    endpoint = endpoint_from(settings)
+    admin = make_admin(endpoint)
+    try:
+        ensure_topics(admin, [TopicSpec(t, partitions) for t in topics])
+    finally:
+        admin.close()
+    producer = make_producer(endpoint, linger_ms=50, batch_size=1 << 20, compression_type=None)
+    n = 0
+    cfg = GeneratorConfig(seed=seed, n_impressions=impressions, preset="default", event_rate=20.0)
+    for ev in generate(cfg):
+        topic = topics[0] if type(ev).__name__ == "Impression" else topics[1]
+        producer.send(topic, key=ev.id.encode(), value=encode(ev))
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def ceiling(settings: Settings, topics: tuple[str, str], expected: int) -> dict[str, float]:
+    """A plain kafka-python consumer that polls the topics and decodes every value with orjson."""
+    from connectors.kafka_io import make_consumer
+    from daemon.settings_map import endpoint_from
+
+    consumer = make_consumer(
+        endpoint_from(settings),
+        group_id=None,
+        max_poll_records=settings.max_poll_records,
+        fetch_max_bytes=settings.fetch_max_bytes,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+    )
+    from kafka import TopicPartition
+
+    tps = [TopicPartition(t, 0) for t in topics]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    n = 0
+    t0 = time.perf_counter()
+    loads = orjson.loads
+    while n < expected:
+        for records in consumer.poll(timeout_ms=500).values():
+            for rec in records:
+                loads(rec.value)
+            n += len(records)
+    elapsed = time.perf_counter() - t0
+    consumer.close()
+    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed}
+
+
+def daemon_pass(settings: Settings, topics: tuple[str, str], gates: bool, expected: int) -> dict[str, Any]:
+    """The daemon from the start of the topics to their end: join, MI, policy, checkpoints (gates on/off)."""
+    from prometheus_client import CollectorRegistry
+
+    from daemon.runloop import Daemon
+
+    run = "bench-" + uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as state:
+        s = settings.with_overrides(
+            input_topics=",".join(topics), group_id=run, model_id=run, state_dir=state,
+            gates=gates, metrics_port=0, mask_interval_s=5.0,
+        )
+        daemon = Daemon(s, CollectorRegistry(), exit_at_end=True)
+        t0 = time.perf_counter()
+        code = daemon.run()
+        elapsed = time.perf_counter() - t0
+        out: dict[str, Any] = {"events": daemon.events_seen, "seconds": elapsed, "exit_code": code,
+                               "events_per_s": daemon.events_seen / elapsed}
+        if gates and daemon.trainer is not None:
+            out["gate_examples"] = daemon.trainer.trained
+            out["gate_sampling_rate"] = daemon.trainer.sampling_rate
+            out["gate_skipped_examples"] = daemon.trainer.skipped
+        return out
+
+
+def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
+    run = "bench-" + uuid.uuid4().hex[:8]
+    topics = (f"{run}.impressions", f"{run}.clicks")
+    n_imp = SIZES[size]
+    produced = produce_stream(settings, topics, n_imp)
+    ceil = ceiling(settings, topics, produced)
+    off = daemon_pass(settings, topics, gates=False, expected=produced)
+    on = daemon_pass(settings, topics, gates=True, expected=produced)
+    return {
+        "suite": "e2e",
+        "events": produced,
+        "ceiling_events_per_s": ceil["events_per_s"],
+        "daemon_gates_off_events_per_s": off["events_per_s"],
+        "daemon_gates_on_events_per_s": on["events_per_s"],
+        "ratio": off["events_per_s"] / ceil["events_per_s"],
+        "ratio_gates_on": on["events_per_s"] / ceil["events_per_s"],
+        "gate_sampling_rate": on.get("gate_sampling_rate"),
+        "gate_examples": on.get("gate_examples"),
+        "cores": os.cpu_count(),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _synthetic_hashes(n: int, fields: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cards = np.geomspace(2, 1_000_000, fields).astype(np.int64)
+    ids = (rng.random((n, fields)) ** 2 * cards).astype(np.uint64)
+    hashes = ids * np.uint64(0x9E3779B97F4A7C15) + np.arange(fields, dtype=np.uint64)
+    labels = (rng.random(n) < 0.03).astype(np.int8)
+    return hashes, labels
+
+
+def suite_mi(settings: Settings, size: str) -> dict[str, Any]:
+    """The scoring core alone: MIState.update rows/s on pre-encoded batches (40 fields), one core."""
+    from daemon.settings_map import mi_config_from
+    from models.interning import EncodedBatch
+    from models.mi import MIState
+
+    n = SIZES[size]
+    fields = 40
+    hashes, labels = _synthetic_hashes(n, fields, 1)
+    ts = np.arange(n, dtype=np.int64) * 50 + 1_700_000_000_000
+    names = [f"f{i}" for i in range(fields)]
+    state = MIState(mi_config_from(settings))
+    batch = 8192
+    t0 = time.perf_counter()
+    for i in range(0, n, batch):
+        state.update(EncodedBatch(names, hashes[i : i + batch]), labels[i : i + batch], ts[i : i + batch])
+    elapsed = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    state.scores()
+    score_s = time.perf_counter() - t1
+    return {"suite": "mi", "rows": n, "fields": fields, "update_rows_per_s": n / elapsed,
+            "scores_seconds": score_s, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _gate_pass(settings: Settings, hashes: np.ndarray, labels: np.ndarray, threads: int) -> dict[str, float]:
+    """One window of gate training (its fit half, then its search half) at batch 1024; rates per phase."""
+    from dataclasses import replace
+
+    import torch
+
+    from daemon.settings_map import gate_config_from
+    from models.gates import GatedCTR
+
+    torch.set_num_threads(threads)
+    n = len(labels)
+    model = GatedCTR(replace(gate_config_from(settings), window=n + 1024), seed=0)
+    model.learn(hashes[:1024], labels[:1024])  # warm-up, and the window's first batch
+    phase_at = None
+    t0 = time.perf_counter()
+    for i in range(0, n, 1024):
+        model.learn(hashes[i : i + 1024], labels[i : i + 1024])
+        if phase_at is None and model.in_window >= (n + 1024) // 2:
+            phase_at = (time.perf_counter() - t0, i + 1024)
+    elapsed = time.perf_counter() - t0
+    assert phase_at is not None
+    fit_s, fit_n = phase_at
+    return {"train_examples_per_s": n / elapsed, "fit_examples_per_s": fit_n / fit_s,
+            "search_examples_per_s": (n - fit_n) / (elapsed - fit_s)}
+
+
+def suite_gates(settings: Settings, size: str) -> dict[str, Any]:
+    """Gate training alone: examples/s at batch 1024 with 40 fields over one whole window (fit and
+    search phases), on every available core and on one thread (the daemon's gate worker)."""
+    import torch
+
+    n = min(SIZES[size], 200_000)
+    hashes, labels = _synthetic_hashes(n, 40, 2)
+    cores = os.cpu_count() or 1
+    on_all = _gate_pass(settings, hashes, labels, cores)
+    on_one = _gate_pass(settings, hashes, labels, 1)
+    out: dict[str, Any] = {"suite": "gates", "examples": n, "batch": 1024, "fields": 40, "threads": cores}
+    out.update(on_all)
+    out.update({f"one_thread_{k}": v for k, v in on_one.items()})
+    out["torch"] = torch.__version__
+    return out
+
+
+def suite_scale(settings: Settings, size: str) -> dict[str, Any]:
+    """The scoring core's rate and memory as fields, cardinality, pairs and stream length grow."""
+    from dataclasses import asdict
+
+    from daemon.bench_scale import suite_scale as scale
+    from daemon.settings_map import mi_config_from
+
+    return scale(asdict(mi_config_from(settings)), size)
+
+
+def suite_instances(settings: Settings, size: str) -> dict[str, Any]:
+    """Total events/s of 1, 2 and 3 group-mode instances sharing one 6-partition stream."""
+    from daemon.bench_cluster import suite_instances as instances
+
+    return instances(settings, size)
+
+
+def suite_gates_split(settings: Settings, size: str) -> dict[str, Any]:
+    """Gate quality (field F1, online AUC) of 1, 2 and 3 instances each training on its partitions."""
+    from daemon.bench_gates_split import suite_gates_split as gates_split
+
+    return gates_split(settings, size)
+
+
+SUITES = {"e2e": suite_e2e, "mi": suite_mi, "gates": suite_gates, "scale": suite_scale,
+          "instances": suite_instances, "gates-split": suite_gates_split}
+
+
+def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+    if args.suite == "score":
+        from daemon.bench_score import suite_score
+
+        result = suite_score(settings, args.size, args.outrank_python)
+    elif args.suite in SUITES:
+        result = SUITES[args.suite](settings, args.size)
+    else:
+        print(f"featsieve bench: unknown suite {args.suite!r}; one of {', '.join([*SUITES, 'score'])}", file=sys.stderr)
+        return 2
+    result["size"] = args.size
+    if not args.json:
+        width = max(len(k) for k in result)
+        for key, value in result.items():
+            shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
+            print(f"{key:<{width}}  {shown}", file=sys.stderr)
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0

@@ -1,0 +1,351 @@
+"""Settings: one frozen, validated object built from TOML, ``FEATSIEVE_*`` env and flags.
+
+Precedence (lowest to highest): built-in defaults, the TOML file given with
+``--config``, ``FEATSIEVE_<NAME>`` environment variables, command-line flags.
+Every setting is declared once in ``SETTINGS``; its env name and flag are
+derived from its name, so the contract in DESIGN.md (``FEATSIEVE_BOOTSTRAP`` /
+``--bootstrap`` ...) cannot drift from the code.
+
+Any invalid value stops start-up with a :class:`ConfigError` whose message
+names the setting, where the value came from, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names it and the allowed values."""
+
+
+class Secret:
+    """A string that never shows itself: ``repr``/``str`` print a placeholder."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: name (TOML key), type, default, a check and its help text."""
+
+    name: str
+    kind: str  # str | int | float | bool | list | secret | choice
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    check: Callable[[Any], str | None] | None = None  # returns a problem or None
+
+    @property
+    def env(self) -> str:
+        return "FEATSIEVE_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _bootstrap_ok(value: list[str]) -> str | None:
+    for server in value:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"{server!r} is not host:port"
+    return None if value else "at least one host:port is required"
+
+
+def _topics_ok(value: list[str]) -> str | None:
+    if not value:
+        return "at least one topic is required"
+    for t in value:
+        if not t or len(t) > 249 or not all(c.isalnum() or c in "._-" for c in t):
+            return f"{t!r} is not a valid Kafka topic name"
+    return None
+
+
+def _topic_ok(value: str) -> str | None:
+    return _topics_ok([value])
+
+
+S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    # --- the DESIGN.md contract ---
+    S("bootstrap", "list", ["127.0.0.1:9092"], "Kafka bootstrap servers, comma-separated host:port", check=_bootstrap_ok),
+    S("input_topics", "list", ["ad.impressions", "ad.clicks"], "input topics, comma-separated", check=_topics_ok),
+    S("mask_topic", "str", "featsieve.masks", "compacted output topic for masks", check=_topic_ok),
+    S("dlq_topic", "str", "featsieve.dlq", "dead-letter topic", check=_topic_ok),
+    S("model_id", "str", "default", "model id (the mask message key)", check=lambda v: None if v and len(v) <= 200 else "must be 1..200 characters"),
+    S("group_id", "str", "featsieve", "Kafka consumer group", check=lambda v: None if v else "must not be empty"),
+    S("state_dir", "str", "./featsieve-state", "directory for checkpoints"),
+    S("metrics_port", "int", 9400, "port of /metrics, /healthz, /readyz (0 disables)", minimum=0, maximum=65535),
+    S("attribution_window_s", "float", 1800.0, "click attribution window in event-time seconds", minimum=1, maximum=7 * 86400),
+    # --- more settings (free to add) ---
+    S("metrics_addr", "str", "127.0.0.1", "address the metrics/health server binds to"),
+    S("lateness_s", "float", 60.0, "allowed event-time disorder before the watermark passes an event", minimum=0, maximum=86400),
+    S("max_future_s", "float", 3600.0, "events more than this far ahead of the watermark are dead-lettered", minimum=1),
+    S("max_pending_impressions", "int", 2_000_000, "bound of the join buffer (oldest emitted early as negatives)", minimum=1000),
+    S("checkpoint_interval_s", "float", 30.0, "wall-clock seconds between checkpoints", minimum=0.1),
+    S("checkpoint_interval_events", "int", 500_000, "input events between checkpoints", minimum=1),
+    S("keep_snapshots", "int", 3, "checkpoints kept on disk (older ones pruned)", minimum=2, maximum=100),
+    S("mask_interval_s", "float", 10.0, "wall-clock seconds between policy evaluations", minimum=0.05),
+    S("heartbeat_interval_s", "float", 300.0, "republish the current mask at least this often", minimum=1),
+    S("max_poll_records", "int", 5000, "records per consumer poll", minimum=1, maximum=1_000_000),
+    S("fetch_max_bytes", "int", 52_428_800, "consumer fetch.max.bytes", minimum=1024),
+    S("max_partition_fetch_bytes", "int", 4_194_304, "consumer max.partition.fetch.bytes", minimum=1024),
+    S("ready_max_lag", "int", 100_000, "/readyz fails while total consumer lag exceeds this many records", minimum=0),
+    S("coordination", "choice", "single", "single: this instance owns every partition it reads and writes masks; group: instances share partitions through the stats topic and elect one mask writer", choices=("single", "group")),
+    S("stats_topic", "str", "featsieve.stats", "compacted topic of shard states and gate evidence (group mode)", check=_topic_ok),
+    S("control_topic", "str", "featsieve.control", "single-partition topic whose owner is the mask writer (group mode)", check=_topic_ok),
+    S("instance_id", "str", "", "name of this instance in the stats topic (default: host-pid)"),
+    S("writer_session_timeout_s", "float", 10.0, "session timeout of the writer election group: failover time", minimum=6, maximum=300),
+    S("log_format", "choice", "text", "log line format", choices=("text", "json")),
+    S("log_level", "choice", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    # streaming MI
+    S("mi_max_values", "int", 4096, "distinct values counted exactly per field (beyond: hashed into mi_max_values + mi_tail_buckets buckets)", minimum=16, maximum=1 << 24),
+    S("mi_tail_buckets", "int", 1024, "extra hash buckets per field once it has more than mi_max_values values", minimum=1, maximum=1 << 22),
+    S("mi_block_s", "float", 7200.0, "event-time length of one MI evidence block (0: no expiry)", minimum=0),
+    S("mi_blocks", "int", 12, "number of MI evidence blocks kept (horizon = blocks x block length)", minimum=1, maximum=1000),
+    S("pairs_top_n", "int", 8, "score pairs among the top-N fields (0 disables)", minimum=0, maximum=64),
+    S("max_fields", "int", 256, "distinct fields tracked (more are counted and ignored)", minimum=1, maximum=4096),
+    # policy
+    S("policy_mode", "choice", "mi", "how MI and gate evidence combine at field level (gates always name closed values of kept fields; docs/policy.md)", choices=("mi", "gates", "both", "either")),
+    S("enter_threshold", "float", 2e-4, "score (nats) at or above which a dropped field is kept again"),
+    S("exit_threshold", "float", 1e-4, "score (nats) below which a kept field is dropped"),
+    S("min_examples", "int", 2000, "examples needed before a field may change on its score", minimum=0),
+    S("min_positives", "int", 50, "positives needed before a field may change on its score", minimum=0),
+    S("min_z", "float", 4.0, "significance (z) needed to keep a field on the strength of its score"),
+    S("exit_z", "float", 2.0, "a kept field whose significance (z) falls below this is dropped as not_significant"),
+    S("max_changes", "int", 0, "cap on fields changed per mask update (0: no cap)", minimum=0),
+    S("protected_fields", "list", [], "fields always kept, comma-separated"),
+    S("budget_k", "int", 0, "keep at most K fields (0: no budget)", minimum=0),
+    S("drop_redundant", "bool", True, "drop the weaker of two fields flagged as near-duplicates"),
+    S("gate_enter", "float", 0.5, "gate_open (the field gate: 1 open, 0 closed; averaged over instances) at or above which the gates vote to keep a field", minimum=0, maximum=1),
+    S("gate_exit", "float", 0.2, "gate_open (the field gate: 1 open, 0 closed; averaged over instances) below which the gates vote to drop a field", minimum=0, maximum=1),
+    # gates
+    S("gates", "bool", True, "train OptFS gates online beside the MI scorer"),
+    S("gate_max_fields", "int", 64, "fields the gate model covers (columns beyond are scored by MI only)", minimum=1, maximum=1024),
+    S("gate_buckets", "int", 16384, "hashed embedding rows per field", minimum=16, maximum=1 << 22),
+    S("gate_window", "int", 200_000, "examples per continuation window", minimum=1000),
+    S("gate_queue_batches", "int", 64, "bound of the training queue (batches)", minimum=1),
+    S("closed_values_max_cardinality", "int", 1000, "list closed values for fields up to this cardinality", minimum=0),
+    S("seed", "int", 0, "seed of every random choice", minimum=0),
+    # input limits
+    S("max_message_bytes", "int", 65536, "larger input messages are dead-lettered", minimum=64),
+    S("max_fields_per_event", "int", 512, "events with more features are dead-lettered", minimum=1),
+    S("max_field_name_len", "int", 128, "longer field names are dead-lettered", minimum=1),
+    S("max_value_len", "int", 1024, "longer string values are dead-lettered", minimum=1),
+    # Kafka security
+    S("kafka_security_protocol", "choice", "PLAINTEXT", "Kafka security protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
+    S("kafka_sasl_mechanism", "choice", "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
+    S("kafka_sasl_username", "str", "", "SASL username"),
+    S("kafka_sasl_password", "secret", "", "SASL password (prefer kafka_sasl_password_file)"),
+    S("kafka_sasl_password_file", "str", "", "file holding the SASL password (mounted secret)"),
+    S("kafka_ssl_cafile", "str", "", "CA bundle for verifying the brokers"),
+    S("kafka_ssl_certfile", "str", "", "client certificate (mutual TLS)"),
+    S("kafka_ssl_keyfile", "str", "", "client private key (mutual TLS)"),
+    S("kafka_ssl_check_hostname", "bool", True, "verify the broker's hostname against its certificate"),
+)
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _parse(setting: Setting, raw: Any, origin: str) -> Any:
+    """Convert a raw value (TOML value or env/flag string) to the setting's type."""
+
+    def bad(allowed: str) -> ConfigError:
+        shown = "***" if setting.kind == "secret" else repr(raw)
+        return ConfigError(f"invalid setting {setting.name} ({origin}): {shown}; expected {allowed}")
+
+    kind = setting.kind
+    if kind in ("str", "secret"):
+        if not isinstance(raw, str):
+            raise bad("a string")
+        return Secret(raw) if kind == "secret" else raw
+    if kind == "choice":
+        value = str(raw)
+        # choices are matched case-insensitively, stored in their canonical spelling
+        for choice in setting.choices:
+            if value.lower() == choice.lower():
+                return choice
+        raise bad("one of " + ", ".join(setting.choices))
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return raw.lower() in ("1", "true", "yes", "on")
+        raise bad("true or false")
+    if kind == "list":
+        if isinstance(raw, str):
+            return [p.strip() for p in raw.split(",") if p.strip()]
+        if isinstance(raw, list) and all(isinstance(p, str) for p in raw):
+            return list(raw)
+        raise bad("a comma-separated string or a list of strings")
+    if kind in ("int", "float"):
+        if isinstance(raw, bool):
+            raise bad(f"a number ({kind})")
+        try:
+            number: int | float = int(raw) if kind == "int" else float(raw)
+        except (TypeError, ValueError):
+            raise bad(f"a number ({kind})") from None
+        if kind == "int" and isinstance(raw, float) and raw != int(raw):
+            raise bad("a whole number")
+        if number != number or number in (float("inf"), float("-inf")):
+            raise bad("a finite number")
+        lo, hi = setting.minimum, setting.maximum
+        if (lo is not None and number < lo) or (hi is not None and number > hi):
+            rng = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
+            raise bad(f"a number in {rng}")
+        return number
+    raise AssertionError(f"unknown kind {kind}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one process. Build with :func:`load_settings`."""
+
+    values: Mapping[str, Any]
+    origins: Mapping[str, str]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with some values replaced (validated like flags)."""
+        raw = {k: v for k, v in self.values.items()}
+        origins = dict(self.origins)
+        for name, value in overrides.items():
+            setting = SETTINGS_BY_NAME[name]
+            raw[name] = _parse(setting, value, "override") if not isinstance(value, Secret) else value
+            origins[name] = "override"
+        return _validated(raw, origins)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as printable data; secrets appear as ``***``."""
+        return {k: ("***" if isinstance(v, Secret) and v else v) for k, v in self.values.items()}
+
+    def sasl_password(self) -> Secret:
+        """The SASL password, read from its file when ``kafka_sasl_password_file`` is set."""
+        path = self.values["kafka_sasl_password_file"]
+        if path:
+            return Secret(Path(path).read_text(encoding="utf-8").rstrip("\r\n"))
+        return self.values["kafka_sasl_password"]
+
+
+def _validated(values: dict[str, Any], origins: dict[str, str]) -> Settings:
+    for name, value in values.items():
+        setting = SETTINGS_BY_NAME[name]
+        if setting.check is not None:
+            problem = setting.check(value)
+            if problem:
+                raise ConfigError(f"invalid setting {name} ({origins[name]}): {problem}")
+    if values["exit_z"] > values["min_z"]:
+        raise ConfigError(f"invalid setting exit_z: must be <= min_z ({values['exit_z']} > {values['min_z']})")
+    if values["exit_threshold"] > values["enter_threshold"]:
+        raise ConfigError(
+            "invalid setting exit_threshold: must be <= enter_threshold "
+            f"({values['exit_threshold']} > {values['enter_threshold']})"
+        )
+    horizon = values["mi_block_s"] * values["mi_blocks"]
+    if values["mi_block_s"] > 0 and horizon <= values["attribution_window_s"] + values["lateness_s"]:
+        raise ConfigError(
+            "invalid setting mi_blocks/mi_block_s: the MI horizon (blocks x block length = "
+            f"{horizon:g} s) must exceed attribution_window_s + lateness_s "
+            f"({values['attribution_window_s'] + values['lateness_s']:g} s)"
+        )
+    password_file = values["kafka_sasl_password_file"]
+    if password_file and not Path(password_file).is_file():
+        raise ConfigError(f"invalid setting kafka_sasl_password_file: {password_file} is not a readable file")
+    for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+        if values[name] and not Path(values[name]).is_file():
+            raise ConfigError(f"invalid setting {name}: {values[name]} is not a readable file")
+    if values["kafka_security_protocol"].startswith("SASL") and not values["kafka_sasl_username"]:
+        raise ConfigError("invalid setting kafka_sasl_username: required when kafka_security_protocol is SASL_*")
+    return Settings(values=dict(values), origins=dict(origins))
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """Add one flag per setting (all by default). Defaults stay None so we know what was given."""
+    group = parser.add_argument_group("settings (flag > FEATSIEVE_* env > --config TOML > default)")
+    group.add_argument("--config", metavar="FILE", help="TOML settings file")
+    for setting in SETTINGS:
+        if names is not None and setting.name not in names:
+            continue
+        if setting.kind == "secret":
+            # never take secrets as flags: they would show in `ps` and shell history
+            continue
+        default = "" if setting.kind == "secret" else setting.default
+        shown = ",".join(default) if isinstance(default, list) else default
+        group.add_argument(
+            setting.flag,
+            dest=f"setting_{setting.name}",
+            metavar=setting.kind.upper() if setting.kind != "choice" else "{" + ",".join(setting.choices) + "}",
+            default=None,
+            help=f"{setting.help} [{setting.env}; default {shown!s}]",
+        )
+
+
+def load_settings(
+    args: argparse.Namespace | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> Settings:
+    """Build and validate the settings; raise ConfigError naming the first bad one."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {s.name: (Secret(s.default) if s.kind == "secret" else s.default) for s in SETTINGS}
+    origins = {s.name: "default" for s in SETTINGS}
+    path = config_path or (getattr(args, "config", None) if args is not None else None)
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"invalid setting --config: file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid setting --config: {path} is not valid TOML ({exc})") from None
+        table = data.get("featsieve", data)
+        for key, raw in table.items():
+            if key not in SETTINGS_BY_NAME:
+                known = ", ".join(sorted(SETTINGS_BY_NAME))
+                raise ConfigError(f"invalid setting {key} in {path}: unknown setting (known: {known})")
+            values[key] = _parse(SETTINGS_BY_NAME[key], raw, f"from {path}")
+            origins[key] = f"from {path}"
+    for setting in SETTINGS:
+        if setting.env in env:
+            values[setting.name] = _parse(setting, env[setting.env], f"from {setting.env}")
+            origins[setting.name] = f"from {setting.env}"
+    if args is not None:
+        for setting in SETTINGS:
+            raw = getattr(args, f"setting_{setting.name}", None)
+            if raw is not None:
+                values[setting.name] = _parse(setting, raw, f"from {setting.flag}")
+                origins[setting.name] = f"from {setting.flag}"
+    return _validated(values, origins)
+

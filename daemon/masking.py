@@ -1,0 +1,122 @@
+"""From evidence to a mask message: MI scores + gate report → policy → MaskMessage.
+
+The policy (pure, in models/) decides; this module gathers its inputs from
+the live components (gate reports arrive keyed by field name, see
+:func:`named_gate_report`), and
+tells the run loop whether the mask changed since the last publication
+(decisions or closed values; scores alone moving is not a change — the
+heartbeat republishes them).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from connectors.mask_message import FieldEntry, MaskMessage
+from daemon.config import Settings
+from daemon.settings_map import policy_config_from
+from models.interning import Interner
+from models.mi import MIState
+from models.policy import FieldEvidence, MaskPolicy
+
+
+class MaskBuilder:
+    """Holds the policy and the last published decisions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy = MaskPolicy(policy_config_from(settings))
+        self._published_signature: tuple[Any, ...] | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"policy": self.policy.snapshot(), "signature": self._published_signature}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self.policy = MaskPolicy.restore(policy_config_from(self.settings), snap["policy"])
+        sig = snap.get("signature")
+        self._published_signature = tuple(sig) if sig is not None else None
+
+    @staticmethod
+    def _signature(msg: MaskMessage) -> tuple[Any, ...]:
+        return tuple(
+            (name, f.keep, tuple(f.closed_values or ())) for name, f in sorted(msg.fields.items())
+        )
+
+    def published(self, msg: MaskMessage) -> None:
+        self._published_signature = self._signature(msg)
+
+    def evidence(self, mi: MIState, gates_report: dict[str, Any] | None) -> list[FieldEvidence]:
+        gate_open: dict[str, float] = (gates_report or {}).get("field_gates", {})
+        out = []
+        for sc in mi.scores():
+            out.append(
+                FieldEvidence(
+                    name=sc.name,
+                    score=float(sc.score),
+                    mi=float(sc.mi),
+                    z=float(sc.z),
+                    examples=int(sc.examples),
+                    positives=int(sc.positives),
+                    cardinality=int(sc.cardinality),
+                    gate_open=gate_open.get(sc.name),
+                    redundant_with=sc.redundant_with,
+                )
+            )
+        return out
+
+    def build(
+        self,
+        mi: MIState,
+        gates_report: dict[str, Any] | None,
+        publisher: Any,
+        watermark_ms: int,
+    ) -> tuple[MaskMessage, bool]:
+        """The next mask message (version = publisher's next) and whether it differs from the last published."""
+        decision = self.policy.update(self.evidence(mi, gates_report))
+        closed: dict[str, list[str]] = (gates_report or {}).get("closed_values", {})
+        fields: dict[str, FieldEntry] = {}
+        for name, d in decision.fields.items():
+            # value gates refine a field the gates keep open; when the field gate itself is closed
+            # (MI keeps it, gates would not) every seen value reads as closed, and publishing them
+            # all would make apply() drop a field the mask says to keep
+            refine = d.keep and d.gate_open is not None and d.gate_open >= self.settings.gate_enter
+            values = sorted(closed[name]) if refine and closed.get(name) else None
+            fields[name] = FieldEntry(
+                keep=d.keep, score=d.score, gate_open=d.gate_open, reason=d.reason,
+                z=d.z, examples=d.examples, positives=d.positives, closed_values=values,
+            )
+        msg = MaskMessage(
+            schema=1,
+            model_id=self.settings.model_id,
+            version=publisher.next_version(),
+            epoch=publisher.epoch,
+            created_at=int(time.time() * 1000),
+            watermark=int(watermark_ms),
+            fields=fields,
+        )
+        return msg, self._signature(msg) != self._published_signature
+
+
+def named_gate_report(report: dict[str, Any] | None, interner: Interner) -> dict[str, Any] | None:
+    """A gate model's report (keyed by column, closed values as hashes) keyed by field and value names.
+
+    Columns are local to one process; names are what instances, the policy and the mask share.
+    """
+    if report is None:
+        return None
+    fields = interner.fields
+    closed: dict[str, list[str]] = {}
+    for col, hashes in (report.get("closed_values") or {}).items():
+        if int(col) < len(fields) and hashes:
+            names = interner.values_for(int(col), list(hashes))
+            if names:
+                closed[fields[int(col)]] = sorted(names)
+    metrics = dict(report.get("metrics") or {})
+    return {
+        "field_gates": {fields[int(c)]: float(v) for c, v in (report.get("field_gates") or {}).items()
+                        if int(c) < len(fields)},
+        "closed_values": closed,
+        "metrics": metrics,
+        "examples": int(metrics.get("examples") or 0),
+    }

@@ -1,0 +1,100 @@
+"""Prometheus metrics of the daemon, on a registry passed in.
+
+Only start-up code chooses the registry; tests build their own. Values that
+are cheap to read at scrape time (lag, ages, state size) are read then, in
+``collect()``, instead of being pushed from the hot loop; counters and the
+batch histogram are updated once per batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class DaemonMetrics:
+    """Every metric the daemon exports. Names start with ``featsieve_``; labels stay bounded."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.events = Counter("featsieve_events", "Input events by type and outcome", ["type", "outcome"], registry=r)
+        self.examples = Counter("featsieve_examples", "Labelled examples produced by the join", ["label"], registry=r)
+        self.batch_seconds = Histogram(
+            "featsieve_batch_duration_seconds", "Time to process one polled batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.orphans = Counter("featsieve_orphan_clicks", "Clicks whose impression is unknown or expired", registry=r)
+        self.duplicate_clicks = Counter("featsieve_duplicate_clicks", "Repeated clicks counted once", registry=r)
+        self.dead_letters = Counter("featsieve_dead_letters", "Events sent to the dead-letter topic", ["reason"], registry=r)
+        self.checkpoint_seconds = Histogram(
+            "featsieve_checkpoint_duration_seconds", "Duration of a checkpoint", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.checkpoints = Counter("featsieve_checkpoints", "Checkpoints written", registry=r)
+        self.state_bytes = Gauge("featsieve_state_bytes", "Size of the last snapshot", registry=r)
+        self.mask_version = Gauge("featsieve_mask_version", "Version of the last published mask", registry=r)
+        self.mask_epoch = Gauge("featsieve_mask_epoch", "Writer epoch of this instance", registry=r)
+        self.mask_publishes = Counter("featsieve_mask_publishes", "Mask messages published", ["trigger"], registry=r)
+        self.fields = Gauge("featsieve_fields", "Fields by decision in the current mask", ["decision"], registry=r)
+        self.field_score = Gauge("featsieve_field_score", "Cardinality-corrected MI (nats)", ["field"], registry=r)
+        self.field_z = Gauge("featsieve_field_z", "Significance (z) of the field's MI", ["field"], registry=r)
+        self.field_gate_open = Gauge("featsieve_field_gate_open", "Field gate decision: 1 open, 0 closed (a fraction: instances disagree, weighted by examples)", ["field"], registry=r)
+        self.field_keep = Gauge("featsieve_field_keep", "1 if the field is kept in the current mask", ["field"], registry=r)
+        self.gate_examples = Counter("featsieve_gate_examples", "Examples the gate model trained on", registry=r)
+        self.gate_skipped = Counter(
+            "featsieve_gate_skipped_examples", "Examples left out of gate training by subsampling", registry=r
+        )
+        self.gate_sampling_rate = Gauge("featsieve_gate_sampling_rate", "Share of examples sent to gate training", registry=r)
+        self.online_auc = Gauge("featsieve_online_auc", "Prequential ROC AUC", ["model"], registry=r)
+        self.online_logloss = Gauge("featsieve_online_logloss", "Prequential log loss", ["model"], registry=r)
+        self.rebalances = Counter("featsieve_rebalances", "Partition assignments and revocations", ["kind"], registry=r)
+        self.untracked_fields = Gauge("featsieve_untracked_fields", "Fields seen beyond max_fields", registry=r)
+        self.ready = Gauge("featsieve_ready", "1 when /readyz would answer 200", registry=r)
+        self.mask_writer = Gauge("featsieve_mask_writer", "1 while this instance is the elected mask writer", registry=r)
+        self.stats_bytes = Counter("featsieve_stats_bytes", "Bytes of shard states and gate evidence published to the stats topic (group mode)", registry=r)
+        self.kafka_errors = Counter("featsieve_kafka_errors", "Kafka client errors by class", ["error"], registry=r)
+
+    def attach(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+
+class LiveGauges(Collector):
+    """Gauges read at scrape time from callables owned by the daemon."""
+
+    def __init__(
+        self,
+        lag: Callable[[], dict[tuple[str, int], tuple[int, float]]],
+        join_buffer: Callable[[], int],
+        checkpoint_time: Callable[[], float | None],
+        mask_time: Callable[[], float | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._lag, self._join, self._ckpt, self._mask, self._clock = lag, join_buffer, checkpoint_time, mask_time, clock
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        records = GaugeMetricFamily("featsieve_consumer_lag_records", "Records behind the log end", labels=["topic", "partition"])
+        seconds = GaugeMetricFamily(
+            "featsieve_consumer_lag_seconds", "Event-time behind the newest record seen", labels=["topic", "partition"]
+        )
+        for (topic, partition), (lag_records, lag_seconds) in sorted(self._lag().items()):
+            records.add_metric([topic, str(partition)], lag_records)
+            seconds.add_metric([topic, str(partition)], lag_seconds)
+        yield records
+        yield seconds
+        yield GaugeMetricFamily("featsieve_join_buffer_impressions", "Impressions waiting for a click or expiry", value=self._join())
+        now = self._clock()
+        for name, getter, text in (
+            ("featsieve_checkpoint_age_seconds", self._ckpt, "Seconds since the last checkpoint"),
+            ("featsieve_mask_age_seconds", self._mask, "Seconds since the last mask publish"),
+        ):
+            last = getter()
+            yield GaugeMetricFamily(name, text, value=(now - last) if last is not None else float("nan"))

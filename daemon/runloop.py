@@ -1,0 +1,775 @@
+"""The daemon: poll → decode → join → count → (train) → decide → publish → checkpoint.
+
+One thread polls Kafka and owns all state except the gate model (which lives
+on its own worker, see :mod:`daemon.gate_worker`). Signal handlers only set a
+flag; the loop finishes the batch in hand, publishes, checkpoints and exits 0.
+A second signal exits at once.
+
+Checkpoint order (DESIGN.md): flush what was produced (dead letters) and
+confirm delivery → write the snapshot atomically → commit offsets. At
+start-up the snapshot's offsets win over the group's committed offsets, so a
+crash at any point replays exactly the records the snapshot does not reflect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import numpy as np
+from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry
+
+from connectors.codec import Limits, decode_many
+from connectors.dead_letters import DeadLetterQueue, DeadLettersUndelivered
+from connectors.join import JoinBuffer
+from connectors.kafka_io import (
+    TopicSpec,
+    broker_connected,
+    connection_cause,
+    ensure_topics,
+    forget_connection_failures,
+    make_admin,
+    make_consumer,
+)
+from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
+from connectors.state_store import SnapshotStore
+from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
+from daemon.config import Settings
+from daemon.masking import MaskBuilder, named_gate_report
+from daemon.metrics import DaemonMetrics, LiveGauges
+from daemon.settings_map import endpoint_from, gate_config_from, limits_from, mi_config_from
+from daemon.shards import ShardState, merged_mi
+from models.interning import Interner
+from models.mi import MIState
+
+log = logging.getLogger("featsieve")
+
+STATE_FORMAT = 1
+CONNECT_TIMEOUT_MS = 10_000  # per connection attempt at start-up (then backoff)
+COMMIT_TIMEOUT_MS = 5_000  # offsets are in the snapshot already; the group commit is advisory
+
+
+class StopRequested(Exception):
+    pass
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Revoked partitions are checkpointed before they go; assigned ones are sought to our offsets."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.daemon.on_revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.daemon.on_assigned(list(assigned))
+
+
+class Daemon:
+    """One featsieve instance. ``run()`` returns the process exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry,
+        *,
+        exit_at_end: bool = False,
+        max_events: int | None = None,
+        duration_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.s = settings
+        self.metrics = DaemonMetrics(registry)
+        self.exit_at_end = exit_at_end
+        self.max_events = max_events
+        self.duration_s = duration_s
+        self.clock = clock
+        self.endpoint = endpoint_from(settings)
+        self.limits: Limits = limits_from(settings)
+        self.mi_config = mi_config_from(settings)
+        state_dir = settings.state_dir
+        if settings.coordination == "group":
+            # replicas may share a volume: each keeps its snapshots apart (the stats topic is shared)
+            from daemon.cluster import default_instance_id
+
+            state_dir = os.path.join(state_dir, settings.instance_id or default_instance_id())
+        self.store = SnapshotStore(state_dir, keep=settings.keep_snapshots)
+        self.interner = Interner(settings.max_fields)
+        self.shards: dict[int, ShardState] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.end_targets: dict[TopicPartition, int] | None = None
+        self._end_reached_at: float | None = None
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.events_seen = 0
+        self.events_since_checkpoint = 0
+        self.last_checkpoint_wall: float | None = None
+        self.last_checkpoint_mono = clock()
+        self.last_mask_mono = -1e18
+        self.last_record_ts: dict[tuple[str, int], float] = {}
+        self.kafka_ok = False
+        self._disconnected_since: float | None = None
+        self._stop = False
+        self._closing = False  # the final checkpoint is written; close() must not write another
+        self._signals = 0
+        self.restored_position: PublishedPosition | None = None
+        self.trainer: Any = None
+        self.masks = MaskBuilder(settings)
+        self.publisher: MaskPublisher | None = None
+        self.consumer: Any = None
+        self.dlq: DeadLetterQueue | None = None
+        self.group_mode = settings.coordination == "group"
+        self.coordinator: Any = None  # daemon.cluster.Coordinator in group mode
+        self._fenced_in = 0  # the election generation in which we were last fenced
+        self.metrics.attach(
+            LiveGauges(self._lag, self._join_size, lambda: self.last_checkpoint_wall, self._mask_time)
+        )
+
+    # ------------------------------------------------------------------ state
+    def _new_shard(self, shard: int) -> ShardState:
+        s = self.s
+        join = JoinBuffer(
+            window_ms=int(s.attribution_window_s * 1000),
+            lateness_ms=int(s.lateness_s * 1000),
+            max_pending=s.max_pending_impressions,
+            max_future_ms=int(s.max_future_s * 1000),
+            # every input topic's partition of this shard holds the watermark: otherwise a shard that
+            # has read only impressions so far would expire them before their clicks are read
+            sources=[(t, shard) for t in s.input_topics],
+        )
+        return ShardState(shard=shard, join=join, mi=MIState(self.mi_config))
+
+    def _restore(self) -> int:
+        loaded = self.store.load_latest()
+        if loaded is None:
+            return 0
+        state = loaded.state
+        if state.get("format") != STATE_FORMAT:
+            raise RuntimeError(f"snapshot {loaded.path.name} has state format {state.get('format')}")
+        self.interner = Interner.restore(state["interner"])
+        self.shards = {int(sh["shard"]): ShardState.restore(sh) for sh in state["shards"]}
+        self.masks.restore(state["policy"])
+        pub = state.get("publisher")
+        if pub:
+            self.restored_position = PublishedPosition(int(pub["epoch"]), int(pub["version"]))
+        self._restored_gates = state.get("gates")
+        self.events_seen_total = int(state.get("events_seen", 0))
+        return loaded.size_bytes
+
+    def state_snapshot(self, gates: Any = None) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "interner": self.interner.snapshot(),
+            "shards": [self.shards[k].snapshot() for k in sorted(self.shards)],
+            "policy": self.masks.snapshot(),
+            "publisher": self._position_snapshot(),
+            "gates": gates,
+            "events_seen": self.events_seen_total,
+        }
+
+    def _position_snapshot(self) -> dict[str, int] | None:
+        pos = self.publisher.position() if self.publisher is not None else self.restored_position
+        return {"epoch": pos.epoch, "version": pos.version} if pos is not None else None
+
+    # ------------------------------------------------------------- rebalance
+    # kafka-python runs these callbacks on its network thread: nothing here may block on a
+    # consumer request (commit, end_offsets), so revocation commits asynchronously and the
+    # end offsets for --exit-at-end are fetched by the main loop.
+    def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("revoked").inc()
+        if revoked and (self.publisher is not None or self.coordinator is not None) and not self._closing:
+            self.checkpoint(reason="revoke", sync_commit=False)
+        self.assigned -= set(revoked)
+        if self.group_mode:
+            # the next owner resumes these shards from the stats topic; holding them would count twice
+            kept = {tp.partition for tp in self.assigned}
+            for tp in revoked:
+                if tp.partition not in kept:
+                    self.shards.pop(tp.partition, None)
+        log.info("partitions revoked: %s", _tp_list(revoked))
+
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels("assigned").inc()
+        self.assigned |= set(assigned)
+        if self.coordinator is not None:
+            for p in sorted({tp.partition for tp in assigned}):
+                self._take_over_shard(p)
+        for tp in assigned:
+            shard = self.shards.get(tp.partition)
+            offset = shard.offsets.get((tp.topic, tp.partition)) if shard else None
+            if offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, offset)
+        log.info("partitions assigned: %s", _tp_list(assigned))
+
+    # ------------------------------------------------------------------- run
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal %s: exiting at once", signal.Signals(signum).name)
+            os._exit(130)
+        log.info("signal %s: finishing the batch in hand, then checkpointing", signal.Signals(signum).name)
+        self._stop = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        self.events_seen_total = 0
+        self._restored_gates = None
+        restored_bytes = self._restore()
+        self._connect()
+        self._start_connection_watch()
+        self._start_gates()
+        log.info(
+            "featsieve started: model=%s group=%s topics=%s restored_state_bytes=%d offsets=%s epoch=%d version=%d",
+            self.s.model_id, self.s.group_id, ",".join(self.s.input_topics), restored_bytes,
+            self._offsets_text(), self.publisher.epoch if self.publisher else 0,
+            self.publisher.version if self.publisher else 0,
+        )
+        started = self.clock()
+        try:
+            while not self._stop:
+                if self.coordinator is not None:
+                    self._coordinate()
+                self._poll_once()
+                now = self.clock()
+                if now - self.last_mask_mono >= self.s.mask_interval_s:
+                    self.update_mask()
+                if (
+                    now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
+                    or self.events_since_checkpoint >= self.s.checkpoint_interval_events
+                ):
+                    self.checkpoint(reason="interval")
+                if self.max_events is not None and self.events_seen >= self.max_events:
+                    break
+                if self.duration_s is not None and now - started >= self.duration_s:
+                    break
+                if self.exit_at_end and self._reached_end() and self._election_settled(now):
+                    break
+        except WriterFencedError as exc:
+            log.error("%s; stopping without publishing", exc)
+            self._close()
+            return 3
+        except DeadLettersUndelivered as exc:
+            # the batch in hand is half applied: no checkpoint; the last one is consistent and a
+            # restart replays from it, so nothing is lost or counted twice
+            log.error("%s; stopping without a final checkpoint (a restart resumes from the last one)", exc)
+            self._closing = True
+            self._close()
+            return 1
+        self.update_mask(force=True)
+        size = self.checkpoint(reason="shutdown")
+        log.info(
+            "featsieve stopped: events=%d state_bytes=%d offsets=%s mask_version=%d",
+            self.events_seen, size, self._offsets_text(), self.publisher.version if self.publisher else 0,
+        )
+        self._close()
+        return 0
+
+    def _connect(self) -> None:
+        """Create topics and clients, retrying with backoff while Kafka is unreachable or refuses us.
+
+        Each failed attempt is one log line naming the cause (authentication, certificate,
+        unreachable ...) and the wait before the next; the wait doubles up to 30 s, so a
+        misconfigured daemon stays not-ready without spinning.
+        """
+        backoff = 1.0
+        while not self._stop:
+            try:
+                admin = make_admin(self.endpoint, bootstrap_timeout_ms=CONNECT_TIMEOUT_MS)
+                try:
+                    specs = [
+                        TopicSpec(self.s.mask_topic, 1, {"cleanup.policy": "compact"}),
+                        TopicSpec(self.s.dlq_topic, 1, {}),
+                    ]
+                    if self.group_mode:
+                        specs += [TopicSpec(self.s.stats_topic, 1, STATS_TOPIC_CONFIG),
+                                  TopicSpec(self.s.control_topic, 1, {})]
+                    ensure_topics(admin, specs)
+                finally:
+                    admin.close()
+                if self.group_mode:
+                    from daemon.cluster import Coordinator
+
+                    self.coordinator = Coordinator(self.s, self.endpoint)
+                else:
+                    self.publisher = MaskPublisher(
+                        self.endpoint, self.s.mask_topic, self.s.model_id, restored=self.restored_position
+                    )
+                    self.metrics.mask_writer.set(1)
+                self.dlq = DeadLetterQueue(self.endpoint, self.s.dlq_topic)
+                self.consumer = make_consumer(
+                    self.endpoint,
+                    group_id=self.s.group_id,
+                    max_poll_records=self.s.max_poll_records,
+                    fetch_max_bytes=self.s.fetch_max_bytes,
+                    max_partition_fetch_bytes=self.s.max_partition_fetch_bytes,
+                    partition_assignment_strategy=[RangePartitionAssignor],
+                )
+                self.consumer.subscribe(self.s.input_topics, listener=_Rebalance(self))
+                if self.publisher is not None:
+                    self.metrics.mask_epoch.set(self.publisher.epoch)
+                self.kafka_ok = True
+                self._disconnected_since = None
+                forget_connection_failures()
+                log.info("connected to Kafka at %s (%s)", ",".join(self.s.bootstrap), self.s.kafka_security_protocol)
+                return
+            except (KafkaError, TimeoutError) as exc:
+                self.kafka_ok = False
+                self._close_clients()
+                self.metrics.kafka_errors.labels(type(exc).__name__).inc()
+                log.error("cannot connect to Kafka at %s: %s; retrying in %.0f s",
+                          ",".join(self.s.bootstrap), connection_cause(exc), backoff)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        raise SystemExit(0)
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, waking early when a stop is requested."""
+        deadline = time.monotonic() + seconds
+        while not self._stop and time.monotonic() < deadline:
+            time.sleep(min(0.2, deadline - time.monotonic()))
+
+    def _close_clients(self) -> None:
+        """Close whatever a failed connection attempt created, so a retry starts clean."""
+        for name in ("consumer", "dlq", "publisher", "coordinator"):
+            client = getattr(self, name)
+            if client is None:
+                continue
+            setattr(self, name, None)
+            try:
+                client.close()
+            except KafkaError as exc:
+                log.warning("close after a failed connection attempt: %s", exc)
+
+    def _start_connection_watch(self) -> None:
+        """Sample the consumer's broker connections on a thread of their own, twice a second.
+
+        The poll loop can be held while the brokers are gone (a mask publish waits for its
+        transaction to end; kafka-python's abort has no timeout), so the lost/reconnected log
+        lines must not depend on it; /readyz reads the connection state directly as well.
+        """
+        def watch() -> None:
+            while not self._watch_stop.wait(0.5):
+                try:
+                    self._watch_connection()
+                except Exception as exc:  # never let the watch die silently
+                    log.warning("connection watch: %s", exc)
+
+        self._watcher = threading.Thread(target=watch, name="featsieve-connection-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch_connection(self) -> None:
+        """Log once when the brokers are lost and once when they are back (readiness follows)."""
+        connected = broker_connected(self.consumer)
+        if connected == self.kafka_ok:
+            return
+        self.kafka_ok = connected
+        now = time.monotonic()
+        if not connected:
+            self._disconnected_since = now
+            self.metrics.kafka_errors.labels("Disconnected").inc()
+            log.error("lost the connection to Kafka at %s: %s; not ready, reconnecting",
+                      ",".join(self.s.bootstrap), connection_cause())
+        else:
+            gone = now - self._disconnected_since if self._disconnected_since is not None else 0.0
+            self._disconnected_since = None
+            forget_connection_failures()
+            log.info("reconnected to Kafka at %s after %.1f s", ",".join(self.s.bootstrap), gone)
+
+    # ------------------------------------------------------------ group mode
+    def _coordinate(self) -> None:
+        """Follow the writer election; become or stop being the mask writer."""
+        try:
+            self.coordinator.poll()
+        except KafkaError as exc:
+            self.metrics.kafka_errors.labels(type(exc).__name__).inc()
+            log.warning("coordination poll failed: %s", exc)
+            return
+        # fenced while still holding the writer partition: we were a zombie; wait for a fresh election
+        if self.coordinator.elected and self.publisher is None and self.coordinator.generation > self._fenced_in:
+            self._become_writer()
+        elif not self.coordinator.elected and self.publisher is not None:
+            self._step_down("the writer partition was reassigned")
+
+    def _become_writer(self) -> None:
+        restored = self.restored_position
+        published = self.coordinator.policy_from_topic()
+        if published is not None:
+            self.masks.restore(published["policy"])
+            pos = PublishedPosition(int(published["epoch"]), int(published["version"]))
+            if restored is None or (pos.epoch, pos.version) > (restored.epoch, restored.version):
+                restored = pos
+        # a new transactional producer fences the previous writer; the epoch outranks every mask seen
+        self.publisher = MaskPublisher(self.endpoint, self.s.mask_topic, self.s.model_id, restored=restored)
+        self.metrics.mask_epoch.set(self.publisher.epoch)
+        self.metrics.mask_writer.set(1)
+        self.last_mask_mono = -1e18  # publish soon: subscribers should not wait for the interval
+        log.info("became the mask writer: instance=%s epoch=%d after version %d",
+                 self.coordinator.instance, self.publisher.epoch, self.publisher.version)
+
+    def _step_down(self, why: str) -> None:
+        assert self.publisher is not None
+        log.warning("no longer the mask writer (%s): epoch=%d version=%d", why, self.publisher.epoch,
+                    self.publisher.version)
+        self.restored_position = self.publisher.position()
+        self.metrics.mask_writer.set(0)
+        self.publisher.close()
+        self.publisher = None
+
+    def _take_over_shard(self, p: int) -> None:
+        """Resume shard ``p`` from whichever is newer: the stats topic or our own last snapshot."""
+        published = self.coordinator.shard_from_topic(p)
+        local = self.shards.get(p)
+        if published is not None and (local is None or _progress(published) >= _progress(local)):
+            self.shards[p] = published
+            log.info("shard %d resumed from the stats topic at %s", p, _offsets_of(published))
+
+    def owned_shards(self) -> list[ShardState]:
+        owned = {tp.partition for tp in self.assigned}
+        return [self.shards[p] for p in sorted(owned) if p in self.shards]
+
+    def _start_gates(self) -> None:
+        if not self.s.gates:
+            return
+        from daemon.gate_worker import GateTrainer
+        from models.gates import GatedCTR
+
+        config = gate_config_from(self.s)
+
+        def factory(snapshot: Any = None) -> Any:
+            if snapshot is not None:
+                return GatedCTR.restore(snapshot)
+            return GatedCTR(config, seed=self.s.seed)
+
+        self.trainer = GateTrainer(
+            factory,
+            queue_batches=self.s.gate_queue_batches,
+            on_trained=self.metrics.gate_examples.inc,
+            report=lambda model: model.report(),
+        ).start(self._restored_gates)
+        if self.trainer.error is not None:
+            raise RuntimeError("gate model failed to start") from self.trainer.error
+
+    def _poll_once(self) -> None:
+        try:
+            batch = self.consumer.poll(timeout_ms=200)
+        except KafkaError as exc:
+            self.metrics.kafka_errors.labels(type(exc).__name__).inc()
+            log.error("poll failed: %s", exc)
+            time.sleep(1.0)
+            return
+        if not batch:
+            return
+        with self.metrics.batch_seconds.time():
+            for tp, records in batch.items():
+                self._process_partition(tp, records)
+
+    def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        shard = self.shards.get(tp.partition)
+        if shard is None:
+            shard = self.shards[tp.partition] = self._new_shard(tp.partition)
+        source = (tp.topic, tp.partition)
+        events, bad = decode_many([r.value for r in records], self.limits)
+        dead: list[tuple[ConsumerRecord, str, str]] = [(records[i], e.reason, e.detail) for i, e in bad]
+        good_records = _without(records, [i for i, _ in bad])
+        result = shard.join.process(events, source)
+        for i, reason in result.rejected:
+            dead.append((good_records[i], reason, "event time outside the join's range"))
+        examples = result.examples + shard.join.expire()
+        if dead:
+            assert self.dlq is not None
+            self.dlq.send_all([(r, reason, detail, tp) for r, reason, detail in dead], should_stop=lambda: self._stop)
+            for _, reason, _detail in dead:
+                self.metrics.dead_letters.labels(reason).inc()
+        self._count_events(events, shard, len(dead))
+        if examples:
+            self._learn(shard, examples)
+        shard.mi.advance(shard.join.watermark_ms)
+        n = len(records)
+        shard.offsets[source] = records[-1].offset + 1
+        self.last_record_ts[source] = records[-1].timestamp / 1000.0
+        self.events_seen += n
+        self.events_seen_total += n
+        self.events_since_checkpoint += n
+
+    def _count_events(self, events: list[Any], shard: ShardState, n_dead: int) -> None:
+        for kind, count in Counter(map(type, events)).items():  # per batch, not per event
+            self.metrics.events.labels(kind.__name__.lower(), "ok").inc(count)
+        if n_dead:
+            self.metrics.events.labels("any", "dead_letter").inc(n_dead)
+        # clicks can turn orphan inside expire(), so count from the join's own counters
+        stats = shard.join.stats()
+        orphans = stats["orphan_clicks"] - shard.counted.get("orphan_clicks", 0)
+        duplicates = stats["duplicate_clicks"] - shard.counted.get("duplicate_clicks", 0)
+        shard.counted = {"orphan_clicks": stats["orphan_clicks"], "duplicate_clicks": stats["duplicate_clicks"]}
+        if orphans > 0:
+            self.metrics.orphans.inc(orphans)
+            self.metrics.events.labels("click", "orphan").inc(orphans)
+        if duplicates > 0:
+            self.metrics.duplicate_clicks.inc(duplicates)
+            self.metrics.events.labels("click", "duplicate").inc(duplicates)
+
+    def _learn(self, shard: ShardState, examples: list[Any]) -> None:
+        features = [ex.features for ex in examples]
+        labels = np.fromiter((ex.label for ex in examples), dtype=np.int8, count=len(examples))
+        ts = np.fromiter((ex.ts for ex in examples), dtype=np.int64, count=len(examples))
+        encoded = self.interner.encode(features)
+        shard.mi.update(encoded, labels, ts)
+        positives = int(labels.sum())
+        self.metrics.examples.labels("positive").inc(positives)
+        self.metrics.examples.labels("negative").inc(len(labels) - positives)
+        if self.trainer is not None:
+            skipped = self.trainer.offer(encoded.hashes, labels)
+            if skipped:
+                self.metrics.gate_skipped.inc(skipped)
+            self.metrics.gate_sampling_rate.set(self.trainer.sampling_rate)
+
+    def _election_settled(self, now: float) -> bool:
+        """Group mode, at the end of a replay: has the writer election run, and have we acted on it?
+
+        A short replay can reach its end before the election's first round; exiting then would
+        leave the final state unpublished even by a lone instance. Waits at most three writer
+        session timeouts after the end is reached, then gives up with a warning.
+        """
+        if self.coordinator is None:
+            return True
+        if self._end_reached_at is None:
+            self._end_reached_at = now
+        if self.coordinator.settled and (not self.coordinator.elected or self.publisher is not None):
+            return True
+        if now - self._end_reached_at > 3 * self.s.writer_session_timeout_s:
+            log.warning("reached the end, but the writer election did not settle within %.0f s; exiting",
+                        3 * self.s.writer_session_timeout_s)
+            return True
+        return False
+
+    def _reached_end(self) -> bool:
+        if not self.assigned:
+            return False
+        missing = [tp for tp in self.assigned if tp not in (self.end_targets or {})]
+        if missing:
+            # end offsets as of the first time we hold the partition: later records are not ours to wait for
+            self.end_targets = {**(self.end_targets or {}), **self.consumer.end_offsets(missing)}
+        assert self.end_targets is not None
+        for tp in self.assigned:
+            shard = self.shards.get(tp.partition)
+            target = self.end_targets.get(tp, 0)
+            pos = shard.offsets.get((tp.topic, tp.partition), 0) if shard else 0
+            if pos < target:
+                return False
+        return True
+
+    # ------------------------------------------------------------ mask
+    def global_mi(self) -> MIState:
+        if self.coordinator is not None:
+            owned = self.owned_shards()
+            total = merged_mi(owned, self.mi_config)
+            for other in self.coordinator.other_shards_mi(s.shard for s in owned):
+                total.merge(other)
+            return total
+        if len(self.shards) == 1:
+            return next(iter(self.shards.values())).mi
+        return merged_mi(self.shards.values(), self.mi_config)
+
+    def own_gate_report(self) -> dict[str, Any] | None:
+        return named_gate_report(self.trainer.report if self.trainer is not None else None, self.interner)
+
+    def watermark_ms(self) -> int:
+        shards = self.owned_shards() if self.coordinator is not None else list(self.shards.values())
+        marks = [s.join.watermark_ms for s in shards if s.join.watermark_ms is not None]
+        return int(min(marks)) if marks else 0
+
+    def update_mask(self, force: bool = False) -> None:
+        self.last_mask_mono = self.clock()
+        if self.publisher is None:
+            return  # group mode, and another instance is the writer
+        gates_report = self.own_gate_report()
+        if self.coordinator is not None:
+            gates_report = self.coordinator.combined_gates(gates_report)
+        msg, changed = self.masks.build(self.global_mi(), gates_report, self.publisher, self.watermark_ms())
+        self.metrics_from_mask(msg, gates_report)
+        if not msg.fields:
+            return  # no evidence yet: an empty mask would tell subscribers nothing
+        last = self.publisher.last_publish_time
+        heartbeat_due = last is None or time.time() - last >= self.s.heartbeat_interval_s
+        if changed or heartbeat_due or force and self.publisher.last_published is None:
+            trigger = "change" if changed else "heartbeat"
+            try:
+                self.publisher.publish(msg)
+            except WriterFencedError:
+                if self.coordinator is None:
+                    raise
+                self._fenced_in = self.coordinator.generation
+                self._step_down("fenced by a newer writer")
+                return
+            except KafkaError as exc:
+                self.metrics.kafka_errors.labels(type(exc).__name__).inc()
+                log.error("mask publish failed: %s; will retry at the next update", exc)
+                return
+            self.masks.published(msg)
+            if self.coordinator is not None:
+                self.coordinator.publish_policy(self.masks.snapshot(), msg.epoch, msg.version)
+            self.metrics.mask_publishes.labels(trigger).inc()
+            self.metrics.mask_version.set(msg.version)
+            kept = sum(1 for f in msg.fields.values() if f.keep)
+            log.info(
+                "mask published: model=%s epoch=%d version=%d trigger=%s kept=%d dropped=%d",
+                msg.model_id, msg.epoch, msg.version, trigger, kept, len(msg.fields) - kept,
+            )
+
+    def metrics_from_mask(self, msg: Any, gates_report: Any) -> None:
+        kept = sum(1 for f in msg.fields.values() if f.keep)
+        self.metrics.fields.labels("kept").set(kept)
+        self.metrics.fields.labels("dropped").set(len(msg.fields) - kept)
+        for name, entry in msg.fields.items():
+            self.metrics.field_score.labels(name).set(entry.score)
+            self.metrics.field_keep.labels(name).set(1 if entry.keep else 0)
+            if entry.z is not None:
+                self.metrics.field_z.labels(name).set(entry.z)
+            if entry.gate_open is not None:
+                self.metrics.field_gate_open.labels(name).set(entry.gate_open)
+        self.metrics.untracked_fields.set(self.interner.untracked_fields)
+        if gates_report is not None:
+            m = gates_report.get("metrics", {})
+            for model, key in (("masked", "auc_gated"), ("unmasked", "auc_ungated")):
+                if m.get(key) is not None:
+                    self.metrics.online_auc.labels(model).set(m[key])
+            for model, key in (("masked", "logloss_gated"), ("unmasked", "logloss_ungated")):
+                if m.get(key) is not None:
+                    self.metrics.online_logloss.labels(model).set(m[key])
+
+    # ------------------------------------------------------------ checkpoint
+    def checkpoint(self, reason: str, sync_commit: bool = True) -> int:
+        """Flush → snapshot → commit. Returns the snapshot's size in bytes."""
+        t0 = time.perf_counter()
+        if self.coordinator is not None:
+            self.metrics.stats_bytes.inc(self.coordinator.publish_shards(self.owned_shards()))
+            self.coordinator.publish_gates(self.own_gate_report())
+            self.coordinator.flush()
+        if self.dlq is not None:
+            self.dlq.flush()  # raises if anything produced is unconfirmed: then nothing below runs
+        gates = self.trainer.call(lambda m: m.snapshot()) if self.trainer is not None else None
+        _, size = self.store.write(self.state_snapshot(gates))
+        offsets = {
+            TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+            for shard in self.shards.values()
+            for (t, p), o in shard.offsets.items()
+            if TopicPartition(t, p) in self.assigned
+        }
+        if offsets:
+            try:
+                if sync_commit:
+                    # bounded: while the brokers are gone the loop must keep serving (and stopping)
+                    self.consumer.commit(offsets, timeout_ms=COMMIT_TIMEOUT_MS)
+                else:
+                    self.consumer.commit_async(offsets)
+            except KafkaError as exc:
+                # the snapshot already holds these offsets; the commit is only for tools that read the group
+                self.metrics.kafka_errors.labels(type(exc).__name__).inc()
+                log.warning("offset commit failed after checkpoint: %s", exc)
+        elapsed = time.perf_counter() - t0
+        self.metrics.checkpoint_seconds.observe(elapsed)
+        self.metrics.checkpoints.inc()
+        self.metrics.state_bytes.set(size)
+        self.last_checkpoint_wall = time.time()
+        self.last_checkpoint_mono = self.clock()
+        self.events_since_checkpoint = 0
+        log.info("checkpoint: reason=%s bytes=%d seconds=%.3f offsets=%s", reason, size, elapsed, self._offsets_text())
+        return size
+
+    # ------------------------------------------------------------ health
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason). Called from the HTTP thread: it only reads flags and connection state."""
+        if not self.kafka_ok or self.consumer is None or not broker_connected(self.consumer):
+            return False, "not connected to Kafka: " + connection_cause()
+        if self.dlq is not None and self.dlq.blocked_since is not None:
+            return False, f"dead-letter topic {self.s.dlq_topic} unavailable: holding consumption"
+        if self.coordinator is not None and self.publisher is None:
+            lag = sum(r for r, _ in self._lag().values())
+            if lag > self.s.ready_max_lag:
+                return False, f"lag {lag} records > ready_max_lag {self.s.ready_max_lag}"
+            return True, "ready (group mode, not the mask writer)"
+        if self.publisher is None or self.publisher.fenced:
+            return False, "not the mask writer (fenced or not started)"
+        if not self.assigned:
+            return False, "no partitions assigned"
+        lag = sum(r for r, _ in self._lag().values())
+        if lag > self.s.ready_max_lag:
+            return False, f"lag {lag} records > ready_max_lag {self.s.ready_max_lag}"
+        if self.publisher.last_published is None:
+            return False, "no mask published yet"
+        return True, "ready"
+
+    def _lag(self) -> dict[tuple[str, int], tuple[int, float]]:
+        out: dict[tuple[str, int], tuple[int, float]] = {}
+        consumer = self.consumer
+        if consumer is None:
+            return out
+        now = time.time()
+        for tp in list(self.assigned):
+            high = consumer.highwater(tp)
+            shard = self.shards.get(tp.partition)
+            pos = shard.offsets.get((tp.topic, tp.partition), 0) if shard else 0
+            lag = max(0, (high or pos) - pos)
+            last = self.last_record_ts.get((tp.topic, tp.partition))
+            out[(tp.topic, tp.partition)] = (lag, (now - last) if (lag and last) else 0.0)
+        return out
+
+    def _join_size(self) -> int:
+        return sum(s.join.pending_impressions for s in self.shards.values())
+
+    def _mask_time(self) -> float | None:
+        return self.publisher.last_publish_time if self.publisher else None
+
+    def _offsets_text(self) -> str:
+        parts = [f"{t}:{p}@{o}" for s in self.shards.values() for (t, p), o in sorted(s.offsets.items())]
+        return ",".join(sorted(parts)) or "-"
+
+    def _close(self) -> None:
+        self._closing = True
+        self._watch_stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        if self.trainer is not None:
+            self.trainer.stop()
+        for closer in (self.consumer, self.dlq, self.publisher, self.coordinator):
+            if closer is None:
+                continue
+            try:
+                closer.close()
+            except KafkaError as exc:
+                log.warning("close: %s", exc)
+
+
+def _progress(shard: ShardState) -> int:
+    return sum(shard.offsets.values())
+
+
+def _offsets_of(shard: ShardState) -> str:
+    return ",".join(f"{t}:{p}@{o}" for (t, p), o in sorted(shard.offsets.items())) or "-"
+
+
+def _without(items: list[Any], drop: list[int]) -> list[Any]:
+    if not drop:
+        return items
+    gone = set(drop)
+    return [x for i, x in enumerate(items) if i not in gone]
+
+
+def _tp_list(tps: list[TopicPartition]) -> str:
+    return ",".join(f"{tp.topic}:{tp.partition}" for tp in sorted(tps)) or "-"

@@ -1,0 +1,52 @@
+"""Per-shard state: the join buffer, MI counts and input offsets of one partition number.
+
+A shard is partition p of every input topic (see docs/internals.md). Keeping
+state per shard lets a revoked shard be checkpointed and resumed exactly by
+the instance that gets it next, and lets several instances' states be merged
+into the global score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.join import JoinBuffer
+from models.mi import MIConfig, MIState
+
+
+@dataclass
+class ShardState:
+    """Everything one shard owns. ``offsets`` maps (topic, partition) to the next offset to read."""
+
+    shard: int
+    join: JoinBuffer
+    mi: MIState
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    counted: dict[str, int] = field(default_factory=dict)  # join counters already exported as metrics
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "join": self.join.snapshot(),
+            "mi": self.mi.snapshot(),
+            "offsets": [[t, p, o] for (t, p), o in sorted(self.offsets.items())],
+        }
+
+    @classmethod
+    def restore(cls, snap: dict[str, Any]) -> ShardState:
+        return cls(
+            shard=int(snap["shard"]),
+            join=JoinBuffer.restore(snap["join"]),
+            mi=MIState.restore(snap["mi"]),
+            offsets={(t, int(p)): int(o) for t, p, o in snap["offsets"]},
+        )
+
+
+def merged_mi(shards: Iterable[ShardState], config: MIConfig) -> MIState:
+    """The global MI state: the exact merge of the shards' states."""
+    total = MIState(config)
+    for shard in shards:
+        total.merge(shard.mi)
+    return total
