@@ -1,0 +1,49 @@
+"""`featsieve bench` suites run and report what docs/performance.md quotes (rates are not asserted)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from tests.conftest import featsieve
+
+
+def _bench(*args: str, timeout: float = 900) -> dict:
+    out = featsieve("bench", *args, "--json", timeout=timeout)
+    return dict(orjson.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.slow
+def test_scale_suite_memory_is_flat_in_stream_length() -> None:
+    result = _bench("scale", "--size", "tiny")
+    assert result["suite"] == "scale"
+    short, long = result["length"]
+    assert long["rows"] == 10 * short["rows"]
+    # bounded by configuration: fields x live blocks x (max_values + tail) x (8 key + 16 count) bytes
+    mi = result["mi"]
+    bound = (40 + long["pairs"]) * mi["blocks"] * (mi["max_values"] + mi["tail_buckets"]) * 24 / 1e6
+    assert long["state_mb"] <= bound == long["bound_mb"]
+    assert short["live_blocks"] == long["live_blocks"] == mi["blocks"]  # both span the whole horizon
+    assert long["state_mb"] <= 1.05 * short["state_mb"]
+    assert result["rss_growth_long_vs_short"] < 1.3
+    for sweep in ("fields", "cardinality", "pairs"):
+        assert len(result[sweep]) == 3 and all(r["update_rows_per_s"] > 0 for r in result[sweep])
+
+
+def test_mi_suite_reports_its_rate() -> None:
+    result = _bench("mi", "--size", "tiny")
+    assert result["suite"] == "mi" and result["update_rows_per_s"] > 0 and result["rows"] == 20_000
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_e2e_suite_measures_the_daemon_against_the_consumer_ceiling(bootstrap: str) -> None:
+    result = _bench("e2e", "--size", "tiny", "--bootstrap", bootstrap)
+    assert result["suite"] == "e2e"
+    assert 0 < result["ratio"] < 1.5  # the daemon cannot be much faster than bare poll + decode
+    assert result["daemon_gates_off_events_per_s"] > 0 and result["daemon_gates_on_events_per_s"] > 0
+
+
+def test_unknown_suite_is_refused() -> None:
+    proc = featsieve("bench", "nope", check=False)
+    assert proc.returncode == 2 and "unknown suite" in proc.stderr

@@ -1,0 +1,222 @@
+"""Group mode on the real broker: shared partitions, an exact global state, one fenced writer with failover."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from connectors.kafka_io import KafkaEndpoint
+from connectors.state_store import SnapshotStore
+from connectors.subscriber import MaskSubscriber
+from daemon.cluster import global_state_from_topic
+from daemon.shards import ShardState, merged_mi
+from models.mi import MIConfig, MIState
+from tests.conftest import BIN, ROOT, featsieve
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def _common(bootstrap: str, unique: str) -> list[str]:
+    return ["--bootstrap", bootstrap, "--input-topics", f"{unique}.impressions,{unique}.clicks",
+            "--model-id", unique, "--mask-topic", f"{unique}.masks", "--dlq-topic", f"{unique}.dlq",
+            "--stats-topic", f"{unique}.stats", "--control-topic", f"{unique}.control",
+            "--metrics-port", "0", "--gates", "false", "--attribution-window-s", "120"]
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "featsieve"), "run", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=open(log, "w"))  # noqa: SIM115 - closed with the process
+
+
+def _field_tables(state: MIState) -> dict[tuple[int, str], tuple[object, ...]]:
+    out = {}
+    for block, fields in state.blocks.items():
+        for name, counts in fields.items():
+            keys = None if counts.keys is None else counts.keys.tobytes()
+            out[(block, name)] = (keys, counts.counts.tobytes(), counts.kmv.tobytes())
+    return out
+
+
+def _generate(bootstrap: str, unique: str, impressions: int) -> None:
+    featsieve("generate", "--bootstrap", bootstrap, "--preset", "default", "--impressions", str(impressions),
+              "--event-rate", "5", "--partitions", "6", "--seed", "4",
+              "--input-topics", f"{unique}.impressions,{unique}.clicks")
+
+
+def test_three_instances_over_six_partitions_equal_one_instance(bootstrap: str, unique: str, tmp_path: Path) -> None:
+    _generate(bootstrap, unique, 30_000)
+    common = _common(bootstrap, unique)
+    procs = [
+        _start([*common, "--coordination", "group", "--group-id", unique, "--instance-id", f"i{k}",
+                "--state-dir", str(tmp_path / f"i{k}"), "--exit-at-end", "--max-poll-records", "500"],
+               tmp_path / f"i{k}.log")
+        for k in range(3)
+    ]
+    try:
+        for k, p in enumerate(procs):
+            assert p.wait(timeout=300) == 0, (tmp_path / f"i{k}.log").read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    logs = [(tmp_path / f"i{k}.log").read_text() for k in range(3)]
+    # more than one instance did work: the partitions really were shared
+    assert sum("partitions assigned: " in text and "impressions:" in text for text in logs) >= 2
+
+    single = tmp_path / "single"
+    featsieve("run", *common, "--group-id", f"{unique}-single", "--model-id", f"{unique}-single",
+              "--state-dir", str(single), "--exit-at-end", timeout=300)
+    loaded = SnapshotStore(single).load_latest()
+    assert loaded is not None
+    one = merged_mi([ShardState.restore(s) for s in loaded.state["shards"]], MIConfig())
+    shards = global_state_from_topic(KafkaEndpoint(bootstrap=(bootstrap,)), f"{unique}.stats", unique)
+    assert sorted(s.shard for s in shards) == list(range(6))
+    assert {k: v for s in shards for k, v in s.offsets.items()} == {
+        k: v for s in loaded.state["shards"] for k, v in ShardState.restore(s).offsets.items()
+    }
+    group = merged_mi(shards, MIConfig())
+    assert _field_tables(group) == _field_tables(one)
+    assert [(s.name, s.score, s.z) for s in group.scores(with_pairs=False)] == [
+        (s.name, s.score, s.z) for s in one.scores(with_pairs=False)
+    ]
+    # and the join state too: labelled and pending impressions per shard as in the single run
+    def joins(states: list[ShardState]) -> dict[int, tuple[int, int, int]]:
+        return {s.shard: (s.join.stats()["positives"], s.join.stats()["negatives"], s.join.pending_impressions)
+                for s in states}
+
+    assert joins(shards) == joins([ShardState.restore(s) for s in loaded.state["shards"]])
+
+
+def test_writer_failover_fences_the_old_writer(bootstrap: str, unique: str, tmp_path: Path) -> None:
+    _generate(bootstrap, unique, 20_000)
+    common = [*_common(bootstrap, unique), "--coordination", "group", "--group-id", unique,
+              "--mask-interval-s", "0.5", "--heartbeat-interval-s", "1", "--writer-session-timeout-s", "6",
+              "--checkpoint-interval-s", "1"]
+    seen: list[tuple[int, int]] = []
+    sub = MaskSubscriber(unique, bootstrap, topic=f"{unique}.masks",
+                         on_update=lambda m: seen.append((m.epoch, m.version))).start()
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [_start([*common, "--instance-id", name, "--state-dir", str(tmp_path / name)], log)
+             for name, log in zip(("a", "b"), logs, strict=True)]
+    def writers() -> list[int]:
+        """Instances whose latest word on writing is that they became the writer."""
+        out = []
+        for k, log in enumerate(logs):
+            lines = [ln for ln in log.read_text().splitlines() if "mask writer" in ln and "featsieve:" in ln]
+            if lines and "became the mask writer" in lines[-1]:
+                out.append(k)
+        return out
+
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not all("partitions assigned" in log.read_text() for log in logs):
+            time.sleep(0.3)
+        time.sleep(3)  # both have joined both groups: the election has settled
+        while time.time() < deadline and (len(writers()) != 1 or not seen):
+            time.sleep(0.3)
+        assert len(writers()) == 1 and seen, [log.read_text()[-2000:] for log in logs]
+        writer = writers()[0]
+        other = 1 - writer
+        first_epoch = seen[-1][0]
+        # the writer freezes (a zombie: alive, silent), the group moves on without it
+        os.kill(procs[writer].pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        while time.time() < stopped_at + 60 and other not in writers():
+            time.sleep(0.2)
+        assert other in writers(), logs[other].read_text()[-3000:]
+        while time.time() < stopped_at + 60 and seen[-1][0] == first_epoch:
+            time.sleep(0.2)
+        took = time.time() - stopped_at
+        assert seen[-1][0] > first_epoch
+        assert took < 6 + 0.5 + 10  # session timeout + one publish interval (+ slack for a shared machine)
+        # the zombie wakes up: anything it sends is fenced, and nothing it sent is applied
+        os.kill(procs[writer].pid, signal.SIGCONT)
+        time.sleep(8)
+        assert seen == sorted(seen) and len(set(seen)) == len(seen)
+        assert np.all(np.diff([v for _, v in seen]) > 0)
+        new_epochs = {e for e, _ in seen if e > first_epoch}
+        assert len(new_epochs) == 1  # only the new writer publishes now
+    finally:
+        sub.stop()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    zombie_log = logs[writer].read_text()
+    assert "no longer the mask writer" in zombie_log, zombie_log[-3000:]
+
+
+def _end_offsets(bootstrap: str, unique: str) -> dict[tuple[str, int], int]:
+    from kafka import TopicPartition
+
+    from connectors.kafka_io import make_consumer
+
+    consumer = make_consumer(KafkaEndpoint(bootstrap=(bootstrap,)), group_id=None)
+    try:
+        tps = [TopicPartition(f"{unique}.{kind}", p) for kind in ("impressions", "clicks") for p in range(6)]
+        return {(tp.topic, tp.partition): o for tp, o in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()
+
+
+def test_an_instance_killed_mid_stream_is_resumed_exactly_by_the_other(
+    bootstrap: str, unique: str, tmp_path: Path
+) -> None:
+    _generate(bootstrap, unique, 40_000)
+    ends = _end_offsets(bootstrap, unique)
+    common = [*_common(bootstrap, unique), "--coordination", "group", "--group-id", unique,
+              "--max-poll-records", "100", "--checkpoint-interval-s", "0.5"]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [_start([*common, "--instance-id", name, "--state-dir", str(tmp_path / name)], log)
+             for name, log in zip(("a", "b"), logs, strict=True)]
+    endpoint = KafkaEndpoint(bootstrap=(bootstrap,))
+    try:
+        def owns_and_checkpointed(log: Path) -> bool:
+            # both must hold partitions before the kill: a first assignment can be empty (the input
+            # topics' metadata not yet known), and checkpoints of nothing prove nothing
+            text = log.read_text()
+            since = text.rfind(f"partitions assigned: {unique}")
+            return since >= 0 and text.count("checkpoint: reason=interval", since) >= 2
+
+        deadline = time.time() + 90
+        while time.time() < deadline and not all(owns_and_checkpointed(log) for log in logs):
+            time.sleep(0.1)
+        assert all(owns_and_checkpointed(log) for log in logs), [log.read_text()[-2000:] for log in logs]
+        published = {k: v for s in global_state_from_topic(endpoint, f"{unique}.stats", unique)
+                     for k, v in s.offsets.items()}
+        assert sum(published.values()) < sum(ends.values()), "the stream was read before the kill: make it longer"
+        procs[1].kill()  # a crash: no goodbye, the group notices after the session timeout
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            shards = global_state_from_topic(endpoint, f"{unique}.stats", unique)
+            if {k: v for s in shards for k, v in s.offsets.items()} == ends:
+                break
+            time.sleep(1)
+        procs[0].send_signal(signal.SIGTERM)
+        assert procs[0].wait(timeout=120) == 0, logs[0].read_text()[-3000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert "resumed from the stats topic" in logs[0].read_text()
+    shards = global_state_from_topic(endpoint, f"{unique}.stats", unique)
+    assert {k: v for s in shards for k, v in s.offsets.items()} == ends
+
+    single = tmp_path / "single"
+    featsieve("run", *_common(bootstrap, unique), "--group-id", f"{unique}-single", "--model-id",
+              f"{unique}-single", "--state-dir", str(single), "--exit-at-end", timeout=300)
+    loaded = SnapshotStore(single).load_latest()
+    assert loaded is not None
+    one = merged_mi([ShardState.restore(s) for s in loaded.state["shards"]], MIConfig())
+    assert _field_tables(merged_mi(shards, MIConfig())) == _field_tables(one)
