@@ -77,16 +77,23 @@ def ceiling(settings: Settings, topics: tuple[str, str], expected: int) -> dict[
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     n = 0
-    t0 = time.perf_counter()
     loads = orjson.loads
+    first: float | None = None  # the start of the poll that first returned records, as the daemon's
+    t0 = time.perf_counter()
     while n < expected:
-        for records in consumer.poll(timeout_ms=500).values():
+        polled_at = time.perf_counter()
+        batch = consumer.poll(timeout_ms=500)
+        if batch and first is None:
+            first = polled_at
+        for records in batch.values():
             for rec in records:
                 loads(rec.value)
             n += len(records)
-    elapsed = time.perf_counter() - t0
+    done = time.perf_counter()
     consumer.close()
-    return {"events": n, "seconds": elapsed, "events_per_s": n / elapsed}
+    steady = done - (first if first is not None else t0)
+    return {"events": n, "seconds": steady, "events_per_s": n / steady,
+            "wall_seconds": done - t0, "wall_events_per_s": n / (done - t0)}
 
 
 def daemon_pass(settings: Settings, topics: tuple[str, str], gates: bool, expected: int) -> dict[str, Any]:
@@ -104,9 +111,18 @@ def daemon_pass(settings: Settings, topics: tuple[str, str], gates: bool, expect
         daemon = Daemon(s, CollectorRegistry(), exit_at_end=True)
         t0 = time.perf_counter()
         code = daemon.run()
-        elapsed = time.perf_counter() - t0
-        out: dict[str, Any] = {"events": daemon.events_seen, "seconds": elapsed, "exit_code": code,
-                               "events_per_s": daemon.events_seen / elapsed}
+        wall = time.perf_counter() - t0
+        n = daemon.events_seen
+        first, last = daemon.first_records_at, daemon.last_batch_done_at
+        # steady state: from the poll that first returned records to the end of the last batch,
+        # interval checkpoints and mask updates included; start-up (connect, group join, restore)
+        # and the final checkpoint are the difference to the wall-clock figure
+        steady = (last - first) if first is not None and last is not None and last > first else wall
+        out: dict[str, Any] = {"events": n, "seconds": steady, "exit_code": code,
+                               "events_per_s": n / steady, "wall_seconds": wall,
+                               "wall_events_per_s": n / wall,
+                               "startup_seconds": (first - t0) if first is not None else None,
+                               "shutdown_seconds": (t0 + wall - last) if last is not None else None}
         if gates and daemon.trainer is not None:
             out["gate_examples"] = daemon.trainer.trained
             out["gate_sampling_rate"] = daemon.trainer.sampling_rate
@@ -130,6 +146,14 @@ def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
         "daemon_gates_on_events_per_s": on["events_per_s"],
         "ratio": off["events_per_s"] / ceil["events_per_s"],
         "ratio_gates_on": on["events_per_s"] / ceil["events_per_s"],
+        "ceiling_wall_events_per_s": ceil["wall_events_per_s"],
+        "daemon_gates_off_wall_events_per_s": off["wall_events_per_s"],
+        "daemon_gates_on_wall_events_per_s": on["wall_events_per_s"],
+        "wall_ratio": off["wall_events_per_s"] / ceil["wall_events_per_s"],
+        "daemon_startup_seconds": off["startup_seconds"],
+        "daemon_shutdown_seconds": off["shutdown_seconds"],
+        "max_poll_records": settings.max_poll_records,
+        "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
         "gate_sampling_rate": on.get("gate_sampling_rate"),
         "gate_examples": on.get("gate_examples"),
         "cores": os.cpu_count(),

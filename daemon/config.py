@@ -116,7 +116,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("keep_snapshots", "int", 3, "checkpoints kept on disk (older ones pruned)", minimum=2, maximum=100),
     S("mask_interval_s", "float", 10.0, "wall-clock seconds between policy evaluations", minimum=0.05),
     S("heartbeat_interval_s", "float", 300.0, "republish the current mask at least this often", minimum=1),
-    S("max_poll_records", "int", 5000, "records per consumer poll", minimum=1, maximum=1_000_000),
+    # above max_partition_fetch_bytes / event size, so that a poll drains the fetched records and
+    # kafka-python sends the next fetch before the batch is processed (measured: poll 28 -> 13 us/event)
+    S("max_poll_records", "int", 10_000, "records per consumer poll", minimum=1, maximum=1_000_000),
     S("fetch_max_bytes", "int", 52_428_800, "consumer fetch.max.bytes", minimum=1024),
     S("max_partition_fetch_bytes", "int", 4_194_304, "consumer max.partition.fetch.bytes", minimum=1024),
     S("ready_max_lag", "int", 100_000, "/readyz fails while total consumer lag exceeds this many records", minimum=0),

@@ -186,9 +186,39 @@ def _hash_same_kind(kind: type, values: Sequence[Any]) -> np.ndarray:
     return np.fromiter(map(value_hash, values), np.uint64, len(values))
 
 
+def _hash_str_column(values: Sequence[Any]) -> np.ndarray | None:
+    """:func:`value_hash` of a column that holds only strings, or None if it holds anything else.
+
+    One ``"\\0".join`` both checks the type (it refuses a non-str) and lays the values out as
+    UTF-8 bytes; the NULs then give every value's start and length in one vectorised scan, with
+    no per-value ``len`` or ``type``. A value that contains a NUL itself is left to the general path.
+    """
+    try:
+        text = "\0".join(values)
+    except TypeError:
+        return None
+    raw = text.encode("utf-8", "surrogatepass")
+    buf = np.frombuffer(raw, np.uint8)
+    seps = np.flatnonzero(buf == 0)
+    n = len(values)
+    if len(seps) != n - 1:
+        return None
+    starts = np.empty(n, np.int64)
+    starts[0] = 0
+    starts[1:] = seps + 1
+    ends = np.empty(n, np.int64)
+    ends[:-1] = seps
+    ends[-1] = len(buf)
+    return hash_utf8_cells(buf, starts, ends - starts)
+
+
 def hash_column(values: Sequence[Any]) -> np.ndarray:
     """:func:`value_hash` of every value, computed a whole type at a time (uint64, one per value)."""
     n = len(values)
+    if n and values[0].__class__ is str:
+        hashed = _hash_str_column(values)
+        if hashed is not None:
+            return hashed
     kinds = set(map(type, values))
     if len(kinds) == 1:
         kind = kinds.pop()

@@ -291,6 +291,17 @@ def test_column_hash_equals_per_value_hash(values: list[object]) -> None:
     assert hash_column(values).tolist() == [value_hash(v) for v in values]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=30), st.text(alphabet="ab\x00", max_size=3),
+                          st.text(alphabet=st.characters(categories=["Cs", "Ll"]), max_size=3)),
+                min_size=1, max_size=40))
+def test_string_column_hash_equals_per_value_hash(values: list[str]) -> None:
+    """The all-strings path (one NUL-joined buffer) agrees with value_hash, NULs and lone surrogates included."""
+    from models.interning import hash_column, value_hash
+
+    assert hash_column(values).tolist() == [value_hash(v) for v in values]
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(max_size=20), min_size=1, max_size=30))
 def test_byte_range_hash_equals_str_hash(texts: list[str]) -> None:
