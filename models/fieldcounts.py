@@ -28,9 +28,29 @@ _TWO64 = float(1 << 64)
 
 
 def _label_counts(index: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
-    total = np.bincount(index, minlength=size)
-    pos = np.bincount(index, weights=labels, minlength=size).astype(np.int64)
-    return np.stack([total - pos, pos], axis=1)
+    """``[negatives, positives]`` per ``index`` in ``[0, size)``: one bincount of ``2 * index + label``."""
+    both = index.astype(np.intp, copy=False) * 2 + np.asarray(labels, dtype=np.intp)
+    return np.bincount(both, minlength=2 * size).reshape(size, 2).astype(np.int64, copy=False)
+
+
+def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values of a sorted array and how often each occurs."""
+    if len(ordered) == 0:
+        return ordered, np.empty(0, np.int64)
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return ordered[starts], np.diff(np.append(starts, len(ordered)))
+
+
+def _value_counts(hashes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct ``hashes`` and their ``[negatives, positives]``: a sort per label (no argsort)."""
+    y = np.asarray(labels) != 0
+    v0, c0 = _runs(np.sort(hashes[~y]))
+    v1, c1 = _runs(np.sort(hashes[y]))
+    values = v0 if len(v1) == 0 else np.union1d(v0, v1)
+    counts = np.zeros((len(values), 2), dtype=np.int64)
+    counts[np.searchsorted(values, v0), 0] = c0
+    counts[np.searchsorted(values, v1), 1] = c1
+    return values, counts
 
 
 class FieldCounts:
@@ -60,8 +80,7 @@ class FieldCounts:
             self.counts += _label_counts(hashes % np.uint64(self.buckets), labels, self.buckets)
             self._sketch(hashes)
             return
-        values, inverse = np.unique(hashes, return_inverse=True)
-        self._add_exact(values, _label_counts(inverse, labels, len(values)))
+        self._add_exact(*_value_counts(hashes, labels))
 
     def _add_exact(self, values: np.ndarray, counts: np.ndarray) -> None:
         """Add counts of sorted distinct ``values``; switches to hashed mode when too many."""
