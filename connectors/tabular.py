@@ -19,10 +19,15 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import mmap
+import multiprocessing
+import os
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ import numpy as np
 
 from connectors.codec import Limits, decode_many
 from connectors.join import JoinBuffer
+from models.fieldcounts import FieldCounts
 from models.interning import (
     MISSING,
     EncodedBatch,
@@ -154,29 +160,19 @@ def encoded_batches(path: str, label: str | None, interner: Interner, batch_rows
     if not label:
         raise ValueError("a CSV input needs the name of its 0/1 label column")
     with _open_bytes(path) as raw:
-        first = raw.readline()
-        header = next(csv.reader([first.decode("utf-8")]), None)
+        header = _read_header(raw, path, label)
         if header is None:
             return
-        if label not in header:
-            raise ValueError(f"label column {label!r} is not in {path}; columns: {', '.join(header)}")
         reader = _CsvBytes(header, header.index(label), interner, batch_rows, skipped)
-        pending = b""
-        while True:
-            data = raw.read(_CHUNK_BYTES)
-            block = pending + data
-            end = len(block) if not data else block.rfind(b"\n") + 1
-            if not data and block and not block.endswith(b"\n"):
-                block += b"\n"
-                end = len(block)
-            if b'"' in block or b"\r" in block:
-                text = io.TextIOWrapper(io.BufferedReader(_Prefixed(block, raw)), encoding="utf-8", newline="")
-                yield from reader.rows_of(csv.reader(text))
-                return
-            yield from reader.lines_of(block[:end])
-            pending = block[end:]
-            if not data:
-                break
+        yield from reader.read(raw)
+
+
+def _read_header(raw: Any, path: str, label: str) -> list[str] | None:
+    """The header row of a CSV opened in binary (None for an empty file); checks the label is in it."""
+    header = next(csv.reader([raw.readline().decode("utf-8")]), None)
+    if header is not None and label not in header:
+        raise ValueError(f"label column {label!r} is not in {path}; columns: {', '.join(header)}")
+    return header
 
 
 class _CsvBytes:
@@ -191,6 +187,36 @@ class _CsvBytes:
         self.batch_rows = batch_rows
         self.skipped = skipped
         self.row_no = 0
+
+    def read(self, raw: Any, limit: int | None = None) -> Iterator[tuple[EncodedBatch, np.ndarray, np.ndarray]]:
+        """The rows of ``raw`` from its position to its end, or to ``limit`` bytes further (a line end).
+
+        Bytes are read in blocks of whole lines; from the first quote or carriage return on, the
+        csv module reads the rest (not allowed with ``limit``: a quoted cell may hold a newline,
+        so :func:`csv_ranges` never splits such a file).
+        """
+        pending = b""
+        left = limit
+        while True:
+            want = _CHUNK_BYTES if left is None else min(_CHUNK_BYTES, left)
+            data = raw.read(want) if want > 0 else b""
+            if left is not None:
+                left -= len(data)
+            block = pending + data
+            end = len(block) if not data else block.rfind(b"\n") + 1
+            if not data and block and not block.endswith(b"\n"):
+                block += b"\n"
+                end = len(block)
+            if b'"' in block or b"\r" in block:
+                if limit is not None:
+                    raise ValueError("a byte range of a CSV with quotes or carriage returns")
+                text = io.TextIOWrapper(io.BufferedReader(_Prefixed(block, raw)), encoding="utf-8", newline="")
+                yield from self.rows_of(csv.reader(text))
+                return
+            yield from self.lines_of(block[:end])
+            pending = block[end:]
+            if not data:
+                break
 
     def lines_of(self, block: bytes) -> Iterator[tuple[EncodedBatch, np.ndarray, np.ndarray]]:
         """Rows of ``block`` (whole lines, no quotes, no CR): cells found with NumPy, hashed by column."""
@@ -331,23 +357,102 @@ def _take(handle: io.TextIOBase, n: int) -> list[str]:
     return out
 
 
-def score_file(path: str, label: str | None = None, pairs: bool = False, config: MIConfig | None = None,
-               window_ms: int = 1_800_000, progress: bool = False, batch_rows: int = 8192,
-               max_fields: int = 256) -> dict[str, Any]:
-    """Score every field of a file (and, with ``pairs``, pairs of the top fields) with the daemon's MI core.
+# ------------------------------------------------------------------ scoring a file
+_MIN_RANGE_BYTES = 1 << 22  # a CSV is split into at most one range per this many bytes
 
-    Pairs need the field ranking first, so they take a second pass over the file with the
-    chosen pairs only (field counts are taken from the first pass, never counted twice).
+
+def default_workers() -> int:
+    """Processes :func:`score_file` uses by default: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def csv_ranges(path: str, parts: int) -> list[tuple[int, int]] | None:
+    """Up to ``parts`` byte ranges ``[start, end)`` of a CSV's data rows, cut at line ends.
+
+    None when the file cannot be cut like this: compressed, or with a quote or carriage
+    return past the header (a quoted cell may hold a newline). Ranges are about equal in
+    size and at least ``_MIN_RANGE_BYTES`` each (fewer ranges for a small file); an empty
+    list for a file without data rows.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no such input file: {path}")
-    cfg = replace(config or MIConfig(), block_ms=0)
-    t0 = time.perf_counter()
-    interner = Interner(max_fields)
-    state = MIState(replace(cfg, pairs_top_n=0))
+    if path.endswith(".gz"):
+        return None
+    with open(path, "rb") as fh:
+        data_start = len(fh.readline())
+        size = os.fstat(fh.fileno()).st_size
+        if size <= data_start:
+            return []
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm.find(b'"', data_start) >= 0 or mm.find(b"\r", data_start) >= 0:
+                return None
+            parts = max(1, min(parts, (size - data_start) // _MIN_RANGE_BYTES))
+            cuts = [data_start]
+            for i in range(1, parts):
+                nl = mm.find(b"\n", data_start + (size - data_start) * i // parts)
+                cut = size if nl < 0 else nl + 1
+                if cut > cuts[-1] and cut < size:
+                    cuts.append(cut)
+            cuts.append(size)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def _admit(interner: Interner, names: Sequence[str]) -> None:
+    """Give every name a column now (sorted, as the interner does), by placing zero rows."""
+    interner.encode_hashed(names, [(np.empty(0, np.uint64), _no_value)] * len(names), 0)
+
+
+def _no_value(i: int) -> Any:
+    raise IndexError(i)
+
+
+@dataclass
+class _RangeTask:
+    """One worker's share of a CSV: the rows in bytes ``[start, end)``."""
+
+    path: str
+    label: str
+    header: list[str]
+    start: int
+    end: int
+    config: MIConfig
+    pairs: tuple[tuple[str, str], ...]
+    batch_rows: int
+    max_fields: int
+
+
+@dataclass
+class _Counted:
+    state: MIState
+    rows: int
+    positives: int
+    skipped: Counter[str]
+
+
+def _count_range(task: _RangeTask, progress: bool = False) -> _Counted:
+    """Count the rows of one byte range into a fresh MIState (run in a worker process, or in this one).
+
+    Every column of the header has a field from the first row on (an empty cell is a missing
+    value), so the counts of each range, merged, are exactly those of one pass over the file.
+    The rows' timestamps do not matter: a file is scored as one evidence block (ts 0).
+    """
+    interner = Interner(task.max_fields, names_per_column=0)  # value names are not reported
+    _admit(interner, [n for n in task.header if n != task.label])
+    state = MIState(task.config)
+    if task.pairs:
+        state.set_pairs(task.pairs)
     skipped: Counter[str] = Counter()
+    reader = _CsvBytes(task.header, task.header.index(task.label), interner, task.batch_rows, skipped)
+    with open(task.path, "rb") as raw:
+        raw.seek(task.start)
+        return _count(reader.read(raw, task.end - task.start), state, skipped, progress)
+
+
+def _count(batches: Iterator[tuple[EncodedBatch, np.ndarray, np.ndarray]], state: MIState,
+           skipped: Counter[str], progress: bool) -> _Counted:
     rows = positives = 0
-    for encoded, labels, _ in encoded_batches(path, label, interner, batch_rows, window_ms, skipped):
+    for encoded, labels, _ in batches:
         state.update(encoded, labels, np.zeros(len(labels), np.int64))
         rows += len(labels)
         positives += int(labels.sum())
@@ -355,16 +460,98 @@ def score_file(path: str, label: str | None = None, pairs: bool = False, config:
             print(f"\rscored {rows:,} rows", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    scores = state.scores(with_pairs=False)
-    result: dict[str, Any] = {"input": path, "rows": rows, "positives": positives}
+    return _Counted(state, rows, positives, skipped)
+
+
+def _start_method() -> str:
+    """'fork' where it is safe and cheap (Linux, no other thread alive), else 'spawn'."""
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
+def _count_file(path: str, label: str | None, config: MIConfig, pairs: tuple[tuple[str, str], ...],
+                workers: int, batch_rows: int, max_fields: int, window_ms: int, progress: bool,
+                ) -> tuple[_Counted, int, int]:
+    """One pass over the file: (counts, untracked field names, processes used).
+
+    A CSV whose columns fit in ``max_fields`` gets a field per column from the first row on;
+    with ``workers > 1`` (and a file that :func:`csv_ranges` can cut) its ranges are counted
+    in that many processes and the states merged, which is exact (models/mi.py). Anything
+    else is read in this process, in file order.
+    """
+    header: list[str] | None = None
+    if label and is_csv(path):
+        with _open_bytes(path) as raw:
+            header = _read_header(raw, path, label)
+    features = [n for n in header if n != label] if header else []
+    state = MIState(config)
+    if pairs:
+        state.set_pairs(pairs)
+    skipped: Counter[str] = Counter()
+    if header is None or len(features) > max_fields:  # JSONL, empty, or more columns than fields
+        interner = Interner(max_fields, names_per_column=0)
+        counted = _count(encoded_batches(path, label, interner, batch_rows, window_ms, skipped),
+                         state, skipped, progress)
+        return counted, interner.untracked_fields, 1
+    assert label is not None
+    ranges = csv_ranges(path, workers) if workers > 1 else None
+    if not ranges or len(ranges) == 1:
+        interner = Interner(max_fields, names_per_column=0)
+        _admit(interner, features)
+        counted = _count(encoded_batches(path, label, interner, batch_rows, window_ms, skipped),
+                         state, skipped, progress)
+        return counted, 0, 1
+    tasks = [_RangeTask(path, label, header, a, b, config, pairs, batch_rows, max_fields) for a, b in ranges]
+    ctx = multiprocessing.get_context(_start_method())
+    with ProcessPoolExecutor(max_workers=len(tasks) - 1, mp_context=ctx) as pool:
+        futures = [pool.submit(_count_range, t) for t in tasks[1:]]
+        parts = [_count_range(tasks[0], progress)]  # this process counts the first range meanwhile
+        parts += [f.result() for f in futures]
+    total = parts[0]
+    for part in parts[1:]:
+        total.state.merge(part.state)
+        total.rows += part.rows
+        total.positives += part.positives
+        total.skipped.update(part.skipped)
+    return total, 0, len(tasks)
+
+
+def _valued(counts: FieldCounts | None) -> bool:
+    """The field had at least one value (not only empty cells)."""
+    return counts is not None and (counts.keys is None or bool(np.any(counts.keys != np.uint64(MISSING))))
+
+
+def score_file(path: str, label: str | None = None, pairs: bool = False, config: MIConfig | None = None,
+               window_ms: int = 1_800_000, progress: bool = False, batch_rows: int = 8192,
+               max_fields: int = 256, workers: int = 1) -> dict[str, Any]:
+    """Score every field of a file (and, with ``pairs``, pairs of the top fields) with the daemon's MI core.
+
+    Pairs need the field ranking first, so they take a second pass over the file with the
+    chosen pairs only (field counts are taken from the first pass, never counted twice).
+    ``workers`` > 1 counts a plain CSV in that many processes (see :func:`_count_file`);
+    the result is the same as with one, except ``seconds``, ``rows_per_s`` and ``workers``.
+    A CSV column with no value at all is not reported.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such input file: {path}")
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
+    cfg = replace(config or MIConfig(), block_ms=0)
+    t0 = time.perf_counter()
+    counted, untracked, used = _count_file(path, label, replace(cfg, pairs_top_n=0), (), workers,
+                                           batch_rows, max_fields, window_ms, progress)
+    state = counted.state
+    valued = {name for name in state.field_names() if _valued(state.field_counts(name))}
+    scores = [s for s in state.scores(with_pairs=False) if s.name in valued]
+    result: dict[str, Any] = {"input": path, "rows": counted.rows, "positives": counted.positives}
     pair_list: list[dict[str, Any]] = []
     if pairs and cfg.pairs_top_n >= 2:
-        pair_state = MIState(cfg)
         top = [s.name for s in scores[: cfg.pairs_top_n] if s.score > 0]
-        pair_state.set_pairs((a, b) for i, a in enumerate(top) for b in top[i + 1 :])
-        pair_interner = Interner(max_fields)
-        for encoded, labels, _ in encoded_batches(path, label, pair_interner, batch_rows, window_ms):
-            pair_state.update(encoded, labels, np.zeros(len(labels), np.int64))
+        chosen = MIState(cfg)
+        chosen.set_pairs((a, b) for i, a in enumerate(top) for b in top[i + 1 :])
+        pair_state = _count_file(path, label, cfg, chosen.pairs, workers, batch_rows, max_fields,
+                                 window_ms, False)[0].state
         field_scores = {s.name: s for s in scores}
         pair_scores = pair_state.pair_scores(field_scores)
         redundant = {}
@@ -377,13 +564,15 @@ def score_file(path: str, label: str | None = None, pairs: bool = False, config:
         pair_list = [{"fields": list(p.fields), "score": p.score, "mi": p.mi, "z": p.z, "gain": p.gain,
                       "nmi": p.nmi} for p in pair_scores]
     seconds = time.perf_counter() - t0
+    rows = counted.rows
     result.update({
-        "skipped_rows": dict(skipped),
+        "skipped_rows": dict(counted.skipped),
         "seconds": seconds,
         "rows_per_s": rows / seconds if seconds > 0 else None,
+        "workers": used,
         "fields": [{"rank": i + 1, **asdict(s)} for i, s in enumerate(scores)],
         "config": asdict(cfg),
-        "untracked_fields": interner.untracked_fields,
+        "untracked_fields": untracked,
     })
     if pairs:
         result["pairs"] = pair_list

@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--label", metavar="COLUMN", help="label column of a CSV file")
     score.add_argument("--format", choices=("json", "table"), default="json")
     score.add_argument("--pairs", action="store_true", help="score pairs of top fields too")
+    score.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes counting a CSV in parallel (default: the usable cores; 1 = this "
+                            "process only; same result either way; JSONL, .gz and quoted CSV use one)")
     add_setting_flags(score, names=("mi_max_values", "mi_tail_buckets", "pairs_top_n", "max_fields",
                                     "attribution_window_s", "log_format", "log_level"))
 

@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from connectors.tabular import score_file
+from connectors.tabular import default_workers, score_file
 from daemon.config import Settings
 from daemon.settings_map import mi_config_from
 
@@ -16,6 +16,10 @@ def score_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.input.endswith(".csv") and not args.label:
         print("featsieve score: a CSV input needs --label COLUMN (the 0/1 click column)", file=sys.stderr)
         return 2
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        print("featsieve score: --workers must be >= 1", file=sys.stderr)
+        return 2
     result = score_file(
         args.input,
         label=args.label,
@@ -23,6 +27,8 @@ def score_command(args: argparse.Namespace, settings: Settings) -> int:
         config=mi_config_from(settings),
         window_ms=int(settings.attribution_window_s * 1000),
         progress=sys.stderr.isatty(),
+        max_fields=settings.max_fields,
+        workers=workers,
     )
     if args.format == "table":
         print(f"{'field':<28}{'score':>12}{'mi':>12}{'z':>9}{'cardinality':>13}  redundant_with")
