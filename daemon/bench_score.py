@@ -1,16 +1,28 @@
 """``featsieve bench score``: the offline scorer against OutRank on the same file, same run.
 
-One labelled CSV is built from the seeded synthetic generator (impressions joined
-offline with their clicks by id within the attribution window), then scored by
+Two labelled CSVs are built from the seeded synthetic generator (impressions joined
+offline with their clicks by id within the attribution window):
 
-* featsieve: :func:`connectors.tabular.score_file` in this process, timed;
+* ``default``: the ``default`` preset, ``SIZES[size]`` rows: realistic, weak effects
+  (true MI 0.001 .. 0.018 nats, several near-ties), 3% CTR;
+* ``clear``: the ``clear`` preset (the same fields, stronger effects), ``CLEAR_ROWS[size]``
+  rows, 10% CTR: every informative field far above chance, their true MIs well apart.
+  This is the data on which the two must agree.
+
+Each is scored by
+
+* featsieve: :func:`connectors.tabular.score_file` in this process, timed (median of
+  ``FEATSIEVE_RUNS`` runs), with all usable cores (``workers``, as ``featsieve score`` does
+  by default) and, for reference, with one process; also the ``featsieve score`` command
+  end to end, once (a subprocess, so interpreter start and imports included);
 * OutRank: its CLI (``python -m outrank``) in its own venv (``scripts/outrank-venv``),
   as a subprocess timed by wall clock, heuristic ``MI-numba-randomized``, the whole
-  file as one minibatch, every row (``--subsampling 1``), label ranking only.
+  file as one minibatch, every row (``--subsampling 1``), label ranking only, with as
+  many threads as there are cores.
 
-Both tools get the same bytes. The report says how fast each was, which fields each
-considers *clearly informative*, whether those agree (same set, same order up to
-near-ties), and how featsieve's order compares with the generator's true MI.
+Both tools get the same bytes. The report says, per file, how fast each was, which
+fields each considers *clearly informative*, whether those agree (same set, same order
+up to near-ties), and how each order compares with the generator's true MI.
 docs/outrank.md explains the rules and the measured numbers.
 
 Rules (module constants, so the test and the docs quote the same numbers):
@@ -50,6 +62,11 @@ FEATSIEVE_Z_MIN = 5.0
 OUTRANK_MARGIN = 1.0
 NEAR_TIE = 0.10
 WARMUP_ROWS = 4_000
+DATASETS = ("default", "clear")
+CLEAR_CTR = 0.1
+CLEAR_ROWS = {"tiny": 100_000, "small": 400_000, "full": 400_000}
+SPEED_TARGET = 50.0  # featsieve rows/s over OutRank's, same file, same run
+FEATSIEVE_RUNS = 3  # featsieve's time is the median of this many runs
 NOT_INSTALLED = "not installed (run scripts/outrank-venv)"
 
 
@@ -114,7 +131,7 @@ def _head(src: Path, dst: Path, rows: int) -> None:
 
 
 # ------------------------------------------------------------------ featsieve
-def run_featsieve(path: Path, settings: Settings) -> tuple[dict[str, Any], float]:
+def run_featsieve(path: Path, settings: Settings, workers: int = 1) -> tuple[dict[str, Any], float]:
     """Score ``path`` with :func:`connectors.tabular.score_file`; returns (result, seconds)."""
     from connectors.tabular import score_file
     from daemon.settings_map import mi_config_from
@@ -123,8 +140,21 @@ def run_featsieve(path: Path, settings: Settings) -> tuple[dict[str, Any], float
     result = score_file(
         str(path), label=LABEL, pairs=False, config=mi_config_from(settings),
         window_ms=int(settings.attribution_window_s * 1000), progress=False,
+        max_fields=settings.max_fields, workers=workers,
     )
     return result, time.perf_counter() - t0
+
+
+def run_featsieve_cli(path: Path, workers: int) -> float:
+    """Wall seconds of ``featsieve score --input path --label label --workers N`` as a subprocess."""
+    cmd = [sys.executable, "-m", "daemon.cli", "score", "--input", str(path), "--label", LABEL,
+           "--workers", str(workers)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"featsieve score exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return seconds
 
 
 # ------------------------------------------------------------------ OutRank
@@ -286,66 +316,132 @@ def spearman_vs_truth(scores: Mapping[str, float], truth_order: Sequence[str]) -
 
 
 # ------------------------------------------------------------------ the suite
+def dataset_config(name: str, size: str, seed: int, settings: Settings) -> Any:
+    """The generator config of one of :data:`DATASETS` at ``size``."""
+    from connectors.synthetic import GeneratorConfig
+
+    if name == "default":
+        return GeneratorConfig(seed=seed, n_impressions=SIZES[size], preset="default",
+                               attribution_window_s=settings.attribution_window_s)
+    if name == "clear":
+        return GeneratorConfig(seed=seed, n_impressions=CLEAR_ROWS[size], preset="clear",
+                               base_ctr=CLEAR_CTR, attribution_window_s=settings.attribution_window_s)
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def compare_file(data: Path, rows: int, truth: Mapping[str, Any], settings: Settings, python: str | None,
+                 work: Path, workers: int) -> dict[str, Any]:
+    """Score one labelled CSV with featsieve (``workers`` processes and one) and OutRank; compare."""
+    null_fields = sorted(n for n, mi in truth["true_mi"].items() if mi == 0.0)
+    # featsieve takes a second or two, so a moment of other load on the machine moves it a lot:
+    # the median of FEATSIEVE_RUNS runs (all reported); OutRank's minutes average such moments out.
+    runs = [run_featsieve(data, settings, workers) for _ in range(FEATSIEVE_RUNS)]
+    fs_result, fs_seconds = runs[0][0], statistics.median(t for _, t in runs)
+    ones = [run_featsieve(data, settings, 1) for _ in range(FEATSIEVE_RUNS)]
+    one_seconds = statistics.median(t for _, t in ones)
+    same = all(r["fields"] == fs_result["fields"] for r, _ in runs + ones)
+    report: dict[str, Any] = {
+        "rows": rows, "positives": fs_result["positives"], "csv_mb": data.stat().st_size / 1e6,
+        "featsieve_workers": fs_result["workers"],
+        "featsieve_seconds": fs_seconds, "featsieve_rows_per_s": rows / fs_seconds,
+        "featsieve_seconds_runs": [t for _, t in runs],
+        "featsieve_1proc_seconds": one_seconds, "featsieve_1proc_rows_per_s": rows / one_seconds,
+        "featsieve_1proc_seconds_runs": [t for _, t in ones],
+        "featsieve_workers_same_result": same,
+    }
+    cli_seconds = run_featsieve_cli(data, workers)
+    report.update({"featsieve_cli_seconds": cli_seconds, "featsieve_cli_rows_per_s": rows / cli_seconds})
+    fs_scores = {f["name"]: float(f["score"]) for f in fs_result["fields"]}
+    fs_clear = clearly_informative_featsieve(fs_result["fields"])
+    fs_null_max = max(fs_scores[n] for n in null_fields if n in fs_scores)
+    report["clearly_informative_featsieve"] = fs_clear
+    report["spearman_vs_truth"] = spearman_vs_truth(fs_scores, truth["informative"])
+    report["informative_above_noise"] = all(
+        fs_scores.get(n, float("-inf")) > fs_null_max for n in truth["informative"])
+    report["featsieve_null_max_score"] = fs_null_max
+    report["truth_informative"] = truth["informative"]
+    report["true_mi"] = {n: truth["true_mi"][n] for n in truth["informative"]}
+    if python is not None:
+        or_scores, or_seconds = run_outrank(python, data, rows, work / "outrank")
+        or_clear = clearly_informative_outrank(or_scores, null_fields)
+        ratio = (rows / fs_seconds) / (rows / or_seconds)
+        report.update({
+            "outrank_seconds": or_seconds, "outrank_rows_per_s": rows / or_seconds,
+            "ratio": ratio, "ratio_1proc": (rows / one_seconds) / (rows / or_seconds),
+            "ratio_cli": (rows / cli_seconds) / (rows / or_seconds),
+            "speed_target_met": ratio >= SPEED_TARGET,
+            "clearly_informative_outrank": or_clear,
+            "outrank_threshold": outrank_threshold(or_scores, null_fields),
+            "outrank_null_max_score": max(or_scores[n] for n in null_fields if n in or_scores),
+            "agreement": agreement(fs_clear, or_clear, fs_scores, or_scores),
+            "outrank_spearman_vs_truth": spearman_vs_truth(or_scores, truth["informative"]),
+            "outrank_scores": dict(sorted(or_scores.items(), key=lambda kv: -kv[1])),
+        })
+    report["featsieve_scores"] = {f["name"]: {"score": f["score"], "z": f["z"]}
+                                  for f in fs_result["fields"]}
+    return report
+
+
 def suite_score(settings: Settings, size: str, outrank_python: str | None,
-                *, seed: int = SEED, with_outrank: bool = True) -> dict[str, Any]:
-    """Build the file, score it with featsieve and (if installed) OutRank, compare.
+                *, seed: int = SEED, with_outrank: bool = True, workers: int | None = None,
+                datasets: Sequence[str] = DATASETS, rows: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """Build the files, score each with featsieve and (if installed) OutRank, compare.
 
     ``outrank_python`` None: the default venv's python if it exists; if OutRank is not
     available (or ``with_outrank`` is False) the report has the featsieve side only and
     ``"outrank": "not installed (run scripts/outrank-venv)"`` (or ``"skipped"``).
-    Raises :class:`OutRankError` when OutRank is there but fails.
+    Raises :class:`OutRankError` when OutRank is there but fails. ``workers``: featsieve's
+    processes (default: the usable cores); ``rows``: override a dataset's row count (tests).
     """
-    from connectors.synthetic import GeneratorConfig, ground_truth
+    from dataclasses import replace
+
+    from connectors.synthetic import ground_truth
+    from connectors.tabular import default_workers
 
     python = find_outrank_python(outrank_python) if with_outrank else None
-    config = GeneratorConfig(seed=seed, n_impressions=SIZES[size], preset="default",
-                             attribution_window_s=settings.attribution_window_s)
-    truth = ground_truth(config)
-    null_fields = sorted(n for n, mi in truth["true_mi"].items() if mi == 0.0)
+    workers = default_workers() if workers is None else workers
     window_ms = int(settings.attribution_window_s * 1000)
+    report: dict[str, Any] = {"suite": "score", "outrank": OUTRANK_VERSION if python else
+                              (NOT_INSTALLED if with_outrank else "skipped"),
+                              "seed": seed, "workers": workers, "load_avg_start": _load(), "datasets": {}}
     with tempfile.TemporaryDirectory(prefix="featsieve-bench-score-") as tmp:
         work = Path(tmp)
-        data = work / "data.csv"
-        info = write_labelled_csv(data, config, window_ms)
-        rows = info["rows"]
-        warm = work / "warmup.csv"
-        _head(data, warm, WARMUP_ROWS)
-        run_featsieve(warm, settings)  # imports and first-call costs, untimed
-        fs_result, fs_seconds = run_featsieve(data, settings)
-        report: dict[str, Any] = {
-            "suite": "score", "rows": rows, "fields": len(info["fields"]),
-            "positives": info["positives"], "csv_mb": data.stat().st_size / 1e6,
-            "featsieve_seconds": fs_seconds, "featsieve_rows_per_s": rows / fs_seconds,
-        }
-        fs_scores = {f["name"]: float(f["score"]) for f in fs_result["fields"]}
-        fs_clear = clearly_informative_featsieve(fs_result["fields"])
-        fs_null_max = max(fs_scores[n] for n in null_fields if n in fs_scores)
-        report["clearly_informative_featsieve"] = fs_clear
-        report["spearman_vs_truth"] = spearman_vs_truth(fs_scores, truth["informative"])
-        report["informative_above_noise"] = all(
-            fs_scores.get(n, float("-inf")) > fs_null_max for n in truth["informative"])
-        report["featsieve_null_max_score"] = fs_null_max
-        report["truth_informative"] = truth["informative"]
-        if python is None:
-            report["outrank"] = NOT_INSTALLED if with_outrank else "skipped"
-        else:
-            # numba compiles on first use (cached on disk afterwards): warm it up untimed
-            run_outrank(python, warm, min(rows, WARMUP_ROWS), work / "warmup")
-            or_scores, or_seconds = run_outrank(python, data, rows, work / "outrank")
-            or_clear = clearly_informative_outrank(or_scores, null_fields)
-            report.update({
-                "outrank": OUTRANK_VERSION, "outrank_seconds": or_seconds,
-                "outrank_rows_per_s": rows / or_seconds,
-                "ratio": (rows / fs_seconds) / (rows / or_seconds),
-                "clearly_informative_outrank": or_clear,
-                "outrank_threshold": outrank_threshold(or_scores, null_fields),
-                "agreement": agreement(fs_clear, or_clear, fs_scores, or_scores),
-                "outrank_spearman_vs_truth": spearman_vs_truth(or_scores, truth["informative"]),
-                "outrank_scores": dict(sorted(or_scores.items(), key=lambda kv: -kv[1])),
-            })
-        report["featsieve_scores"] = {f["name"]: {"score": f["score"], "z": f["z"]}
-                                      for f in fs_result["fields"]}
+        warmed = False
+        for name in datasets:
+            config = dataset_config(name, size, seed, settings)
+            if rows and name in rows:
+                config = replace(config, n_impressions=rows[name])
+            truth = ground_truth(config)
+            data = work / name / "data.csv"
+            data.parent.mkdir()
+            info = write_labelled_csv(data, config, window_ms)
+            if not warmed:
+                warm = work / "warmup.csv"
+                _head(data, warm, WARMUP_ROWS)
+                run_featsieve(warm, settings, workers)  # imports, first-call costs, worker start: untimed
+                if python is not None:
+                    # numba compiles on first use (cached on disk afterwards): warm it up untimed
+                    run_outrank(python, warm, WARMUP_ROWS, work / "warmup")
+                warmed = True
+            part = compare_file(data, info["rows"], truth, settings, python, work / name, workers)
+            part.update({"preset": config.preset, "base_ctr": config.base_ctr, "fields": len(info["fields"])})
+            report["datasets"][name] = part
+    parts = report["datasets"].values()
+    if python is not None:
+        report["ratio_min"] = min(p["ratio"] for p in parts)
+        report["speed_target_met"] = all(p["speed_target_met"] for p in parts)
+        if "clear" in report["datasets"]:
+            report["agree_where_clear"] = report["datasets"]["clear"]["agreement"]["agree"]
+    report["load_avg_end"] = _load()
     report["cores"] = os.cpu_count()
     report["peak_rss_mb"] = _peak_rss_mb()
     report["python"] = sys.version.split()[0]
     return report
+
+
+def _load() -> list[float] | None:
+    """1, 5 and 15 minute load averages (how busy the machine was), None where unknown."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
