@@ -330,7 +330,10 @@ def _features_fine(events: list[Event], raws: Sequence[bytes], limits: Limits) -
     nested key only sends the batch to the exact scan).
     """
     feats = [ev.features for ev in events if ev.features is not None]
-    names = chain.from_iterable(feats)
+    first = tuple(feats[0]) if feats else ()
+    # the usual batch: every record has the same names in the same order; check them once
+    same = all(map(first.__eq__, map(tuple, feats)))
+    names = first if same else chain.from_iterable(feats)
     if max(map(len, names), default=0) > limits.max_field_name_len:
         return False
     blob = b"".join(raws)

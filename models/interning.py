@@ -44,6 +44,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -215,28 +216,36 @@ def _hash_str_column(values: Sequence[Any]) -> np.ndarray | None:
 def hash_column(values: Sequence[Any]) -> np.ndarray:
     """:func:`value_hash` of every value, computed a whole type at a time (uint64, one per value)."""
     n = len(values)
-    if n and values[0].__class__ is str:
+    if n == 0:
+        return np.empty(0, np.uint64)
+    if values[0].__class__ is str:  # the usual dense column
         hashed = _hash_str_column(values)
         if hashed is not None:
             return hashed
-    kinds = set(map(type, values))
-    if len(kinds) == 1:
+    present = [v is not None for v in values]
+    rest = list(compress(values, present))
+    k = len(rest)
+    if k == 0:
+        return np.full(n, MISSING, dtype=np.uint64)
+    out = np.full(n, MISSING, dtype=np.uint64) if k < n else None
+    where = np.fromiter(present, bool, n) if out is not None else None
+    kinds = set(map(type, rest))
+    if len(kinds) == 1:  # the usual sparse column: one type and missing values
         kind = kinds.pop()
-        if kind is type(None):
-            return np.full(n, MISSING, dtype=np.uint64)
-        return _hash_same_kind(kind, values)
-    out = np.full(n, MISSING, dtype=np.uint64)
-    objects = np.array(values, dtype=object)
-    if objects.shape != (n,):  # values numpy would unpack (sequences): one at a time
-        return np.fromiter(map(value_hash, values), np.uint64, n)
-    kinds.discard(type(None))
-    if len(kinds) == 1:  # the usual mixed column: one type and missing values
-        rows = np.flatnonzero(objects != None)  # noqa: E711 - elementwise comparison
-        out[rows] = _hash_same_kind(kinds.pop(), objects[rows].tolist())
+        hashed = _hash_str_column(rest) if kind is str else None
+        if hashed is None:
+            hashed = _hash_same_kind(kind, rest)
+        if out is None:
+            return hashed
+        out[where] = hashed
         return out
+    rows = np.flatnonzero(where) if where is not None else np.arange(n)
+    if out is None:
+        out = np.empty(n, dtype=np.uint64)
+    classes = [v.__class__ for v in rest]
     for kind in kinds:
-        rows = np.flatnonzero(np.fromiter((v.__class__ is kind for v in values), bool, n))
-        out[rows] = _hash_same_kind(kind, objects[rows].tolist())
+        sel = np.fromiter((c is kind for c in classes), bool, k)
+        out[rows[sel]] = _hash_same_kind(kind, list(compress(rest, sel.tolist())))
     return out
 
 
@@ -278,9 +287,11 @@ class _ValueNames:
         self.slots = np.zeros(max(16, 1 << (4 * cap - 1).bit_length()), dtype=np.uint64)
         self.slots[MISSING % len(self.slots)] = MISSING  # missing is not a value to name
 
-    def learn(self, hashes: np.ndarray, value_of: Callable[[int], Any]) -> None:
-        names = self.names
-        if names is None:
+    def learn(self, hashes: np.ndarray, value_of: Callable[[int], Any],
+              journal: list[tuple[Any, ...]] | None = None, col: int = 0) -> None:
+        """Remember the values of hashes not seen before; with a ``journal``, also append
+        ``("name", col, hash, value)`` for each, so that a replica can :meth:`remember` them."""
+        if self.names is None:
             return
         mask = np.uint64(len(self.slots) - 1)
         miss = np.flatnonzero(self.slots[hashes & mask] != hashes)
@@ -290,15 +301,27 @@ class _ValueNames:
         for h, i in zip(new.tolist(), miss[first].tolist(), strict=True):
             if h == MISSING:
                 continue
-            if h not in names:
-                if len(names) >= self.cap:
-                    self.names = None
-                    self.slots = np.zeros(0, np.uint64)
-                    return
-                names[h] = value_of(i)
-            slot = h & int(mask)
-            if self.slots[slot] == 0:
-                self.slots[slot] = h
+            value = value_of(i) if h not in self.names else None
+            if journal is not None and value is not None:
+                journal.append(("name", col, h, value))
+            self.remember(h, value)
+            if self.names is None:
+                return
+
+    def remember(self, h: int, value: Any) -> None:
+        """Name hash ``h`` (``value`` None: already named); past ``cap`` names, forget them all."""
+        names = self.names
+        if names is None:
+            return
+        if h not in names:
+            if len(names) >= self.cap:
+                self.names = None
+                self.slots = np.zeros(0, np.uint64)
+                return
+            names[h] = value
+        slot = h & (len(self.slots) - 1)
+        if self.slots[slot] == 0:
+            self.slots[slot] = h
 
 
 class Interner:
@@ -316,6 +339,9 @@ class Interner:
         self._names: list[_ValueNames] = []
         self._untracked: set[str] = set()
         self.untracked_overflow = 0  # names not remembered once the untracked set is full
+        # When a list: every change to columns and remembered names is appended to it, for a
+        # replica elsewhere to :meth:`replay` (the decode worker keeps the daemon's copy exact).
+        self.journal: list[tuple[Any, ...]] | None = None
 
     @property
     def untracked_fields(self) -> int:
@@ -326,6 +352,8 @@ class Interner:
         return self._columns.get(name)
 
     def _admit(self, names: Sequence[str] | set[str]) -> None:
+        if self.journal is not None:
+            self.journal.append(("admit", sorted(set(names) - self._columns.keys())))
         for name in sorted(set(names) - self._columns.keys()):
             if len(self.fields) < self.max_fields:
                 self._columns[name] = len(self.fields)
@@ -343,7 +371,7 @@ class Interner:
         if n == 0:
             return EncodedBatch(list(self.fields), np.zeros((0, len(self.fields)), np.uint64))
         first = tuple(features[0])
-        if all(len(f) == len(first) for f in features) and all(tuple(f) == first for f in features):
+        if all(map(first.__eq__, map(tuple, features))):
             # The usual batch: every dict has the same keys in the same order; transpose in C.
             return self.encode_columns(first, list(zip(*map(dict.values, features), strict=True)), n)
         names: set[str] = set().union(*features)
@@ -365,8 +393,27 @@ class Interner:
             if col is None:
                 continue
             out[:, col] = hashes
-            self._names[col].learn(hashes, value_of)
+            self._names[col].learn(hashes, value_of, self.journal, col)
         return EncodedBatch(list(self.fields), out)
+
+    def admit(self, names: Sequence[str]) -> None:
+        """Give columns to ``names`` now (sorted, as a batch would); known names are ignored."""
+        self._admit(names)
+
+    def take_journal(self) -> list[tuple[Any, ...]]:
+        """The changes journalled since the last call (journalling stays on)."""
+        taken, self.journal = self.journal or [], []
+        return taken
+
+    def replay(self, journal: Sequence[tuple[Any, ...]]) -> None:
+        """Apply another interner's :meth:`take_journal` entries: the same columns, untracked
+        names and remembered values, in the same order, as if this one had encoded its batches."""
+        for entry in journal:
+            if entry[0] == "admit":
+                self._admit(entry[1])
+            else:
+                _, col, h, value = entry
+                self._names[col].remember(h, value)
 
     def values_for(self, col: int, hashes: list[int]) -> list[str]:
         """Names of the values with these hashes that the column remembers (see the module docstring)."""
