@@ -33,7 +33,7 @@ reason ``ts_out_of_range`` for the dead-letter queue.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import Any, NamedTuple
@@ -318,6 +318,15 @@ class JoinBuffer:
         out["pending_impressions"] = len(self._imps)
         out["pending_clicks"] = self._n_clicks
         return out
+
+    def map_features(self, convert: Callable[[list[Any]], list[Any]]) -> int:
+        """Replace the features of the impressions still waiting by ``convert(features)`` (one
+        call, in arrival order; matched impressions keep None). Returns how many were converted."""
+        waiting = [(i, t, f) for i, (t, f) in self._imps.items() if f is not None]
+        if waiting:
+            for (i, t, _), new in zip(waiting, convert([f for _, _, f in waiting]), strict=True):
+                self._imps[i] = (t, new)
+        return len(waiting)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain-data state (lists, dicts, ints, str; sources as given). Feature dicts are

@@ -39,6 +39,7 @@ FORMAT = 1
 MAX_RECORD_BYTES = 64 << 20
 TOPIC_CONFIG = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES)}
 _ARRAY = "__ndarray__"
+_BYTES = "__bytes__"  # rows of value hashes in a shard's join buffer
 
 
 class StatsFormatError(ValueError):
@@ -49,6 +50,8 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         data = np.ascontiguousarray(obj)
         return {_ARRAY: data.dtype.str, "shape": list(data.shape), "b64": base64.b64encode(data.tobytes()).decode()}
+    if isinstance(obj, bytes):
+        return {_BYTES: base64.b64encode(obj).decode()}
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):
@@ -67,6 +70,8 @@ def _revive(obj: Any) -> Any:
                 raise StatsFormatError(f"array dtype {dtype!r} is not allowed")
             raw = base64.b64decode(obj["b64"])
             return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(obj["shape"]).copy()
+        if _BYTES in obj:
+            return base64.b64decode(obj[_BYTES])
         return {k: _revive(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [_revive(v) for v in obj]

@@ -110,23 +110,29 @@ class Coordinator:
         self.view.poll(timeout_ms=0)
 
     # ------------------------------------------------------------- shards
-    def publish_shards(self, shards: Iterable[ShardState]) -> int:
+    def publish_shards(self, shards: Iterable[ShardState], fields: list[str]) -> int:
+        """Publish the shards' states; ``fields`` (our interner's columns) say what the join's
+        rows of value hashes hold, so that another instance can map them to its own columns."""
         size = 0
         for shard in shards:
             try:
                 size += self.stats.send(shard_key(self.model, shard.shard), {"instance": self.instance,
-                                                                               "shard": shard.snapshot()})
+                                                                               "shard": shard.snapshot(),
+                                                                               "fields": fields})
             except KafkaError as exc:  # e.g. a record above the topic's max.message.bytes
                 log.error("shard %d state not published to %s: %s; the next owner of the shard will resume from "
                           "an older state. Lower mi_blocks, mi_max_values or max_pending_impressions to shrink it",
                           shard.shard, self.s.stats_topic, exc)
         return size
 
-    def shard_from_topic(self, shard: int) -> ShardState | None:
-        """The newest published state of a shard (read the topic to its end first)."""
+    def shard_from_topic(self, shard: int) -> tuple[ShardState, list[str]] | None:
+        """The newest published state of a shard and the columns of its rows (read the topic to
+        its end first)."""
         self.view.catch_up()
         rec = self.view.get(shard_key(self.model, shard))
-        return ShardState.restore(rec.payload["shard"]) if rec is not None else None
+        if rec is None:
+            return None
+        return ShardState.restore(rec.payload["shard"]), list(rec.payload.get("fields", []))
 
     def other_shards_mi(self, owned: Iterable[int]) -> list[MIState]:
         """MI states of the shards other instances own, as last published (decoded once per record)."""

@@ -54,6 +54,9 @@ class DaemonMetrics:
         self.online_auc = Gauge("featsieve_online_auc", "Prequential ROC AUC", ["model"], registry=r)
         self.online_logloss = Gauge("featsieve_online_logloss", "Prequential log loss", ["model"], registry=r)
         self.rebalances = Counter("featsieve_rebalances", "Partition assignments and revocations", ["kind"], registry=r)
+        self.decode_worker_failures = Counter(
+            "featsieve_decode_worker_failures", "Times the decode worker process failed (decoding then runs in the poll loop)", registry=r
+        )
         self.untracked_fields = Gauge("featsieve_untracked_fields", "Fields seen beyond max_fields", registry=r)
         self.ready = Gauge("featsieve_ready", "1 when /readyz would answer 200", registry=r)
         self.mask_writer = Gauge("featsieve_mask_writer", "1 while this instance is the elected mask writer", registry=r)

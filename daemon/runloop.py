@@ -19,7 +19,7 @@ import os
 import signal
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -32,8 +32,15 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
-from connectors.codec import Limits, decode_many
+from connectors.codec import Limits
 from connectors.dead_letters import DeadLetterQueue, DeadLettersUndelivered
+from connectors.decode_worker import (
+    DecodeWorker,
+    DecodeWorkerError,
+    decode_rows,
+    remap_rows,
+    rows_matrix,
+)
 from connectors.join import JoinBuffer
 from connectors.kafka_io import (
     TopicSpec,
@@ -52,7 +59,7 @@ from daemon.masking import MaskBuilder, named_gate_report
 from daemon.metrics import DaemonMetrics, LiveGauges
 from daemon.settings_map import endpoint_from, gate_config_from, limits_from, mi_config_from
 from daemon.shards import ShardState, merged_mi
-from models.interning import Interner
+from models.interning import EncodedBatch, Interner
 from models.mi import MIState
 
 log = logging.getLogger("featsieve")
@@ -60,7 +67,8 @@ log = logging.getLogger("featsieve")
 STATE_FORMAT = 1
 CONNECT_TIMEOUT_MS = 10_000  # per connection attempt at start-up (then backoff)
 COMMIT_TIMEOUT_MS = 5_000  # offsets are in the snapshot already; the group commit is advisory
-GC_GEN0_THRESHOLD = 20_000  # allocations between young-generation collections (CPython: 700)
+# allocations between young-generation collections, and the older generations' (CPython: 700, 10, 10)
+GC_THRESHOLDS = (20_000, 20, 100)
 
 
 class StopRequested(Exception):
@@ -133,6 +141,10 @@ class Daemon:
         self._signals = 0
         self.restored_position: PublishedPosition | None = None
         self.trainer: Any = None
+        self.decoder: DecodeWorker | None = None
+        # batches handed to the decoder and not yet applied, oldest first (their offsets are not
+        # in any shard yet: a checkpoint taken meanwhile resumes before them)
+        self._in_flight: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
         self.masks = MaskBuilder(settings)
         self.publisher: MaskPublisher | None = None
         self.consumer: Any = None
@@ -167,6 +179,7 @@ class Daemon:
             raise RuntimeError(f"snapshot {loaded.path.name} has state format {state.get('format')}")
         self.interner = Interner.restore(state["interner"])
         self.shards = {int(sh["shard"]): ShardState.restore(sh) for sh in state["shards"]}
+        self._rows_from_dicts()
         self.masks.restore(state["policy"])
         pub = state.get("publisher")
         if pub:
@@ -174,6 +187,22 @@ class Daemon:
         self._restored_gates = state.get("gates")
         self.events_seen_total = int(state.get("events_seen", 0))
         return loaded.size_bytes
+
+    def _rows_from_dicts(self) -> None:
+        """Impressions restored from a snapshot of an earlier version wait with feature dicts: hash
+        them into rows, then start the interner afresh from its own snapshot, so that the decode
+        worker's replica (started from that snapshot too) and this copy are the same."""
+        def rows(features: list[Any]) -> list[Any]:
+            dicts = [f for f in features if f.__class__ is dict]
+            if not dicts:
+                return features
+            hashes = self.interner.encode(dicts).hashes.astype("<u8")
+            it = iter(hashes.tobytes()[k * hashes.shape[1] * 8 : (k + 1) * hashes.shape[1] * 8]
+                      for k in range(len(dicts)))
+            return [next(it) if f.__class__ is dict else f for f in features]
+
+        if sum(shard.join.map_features(rows) for shard in self.shards.values()):
+            self.interner = Interner.restore(self.interner.snapshot())
 
     def state_snapshot(self, gates: Any = None) -> dict[str, Any]:
         return {
@@ -196,6 +225,7 @@ class Daemon:
     # end offsets for --exit-at-end are fetched by the main loop.
     def on_revoked(self, revoked: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels("revoked").inc()
+        self._settle_in_flight(drop=set(revoked))
         if revoked and (self.publisher is not None or self.coordinator is not None) and not self._closing:
             self.checkpoint(reason="revoke", sync_commit=False)
         self.assigned -= set(revoked)
@@ -237,13 +267,15 @@ class Daemon:
         self.events_seen_total = 0
         self._restored_gates = None
         restored_bytes = self._restore()
+        if self.s.decode_process:
+            self.decoder = DecodeWorker(self.limits, self.interner)  # starts while we connect
         self._connect()
         self._start_connection_watch()
         self._start_gates()
         # Every batch allocates thousands of feature dicts and the join holds tens of thousands:
         # with the default gen-0 threshold (700) the collector runs every few events and walks
         # the whole buffer at each gen-2 pass (measured: ~8% of the loop). Fewer, larger passes.
-        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
+        gc.set_threshold(*GC_THRESHOLDS)
         log.info(
             "featsieve started: model=%s group=%s topics=%s restored_state_bytes=%d offsets=%s epoch=%d version=%d",
             self.s.model_id, self.s.group_id, ",".join(self.s.input_topics), restored_bytes,
@@ -270,6 +302,7 @@ class Daemon:
                     break
                 if self.exit_at_end and self._reached_end() and self._election_settled(now):
                     break
+            self._settle_in_flight()
         except WriterFencedError as exc:
             log.error("%s; stopping without publishing", exc)
             self._close()
@@ -443,11 +476,31 @@ class Daemon:
 
     def _take_over_shard(self, p: int) -> None:
         """Resume shard ``p`` from whichever is newer: the stats topic or our own last snapshot."""
-        published = self.coordinator.shard_from_topic(p)
+        found = self.coordinator.shard_from_topic(p)
         local = self.shards.get(p)
-        if published is not None and (local is None or _progress(published) >= _progress(local)):
+        if found is not None and (local is None or _progress(found[0]) >= _progress(local)):
+            published, fields = found
+            self._adopt_rows(published, fields)
             self.shards[p] = published
             log.info("shard %d resumed from the stats topic at %s", p, _offsets_of(published))
+
+    def _adopt_rows(self, shard: ShardState, fields: list[str]) -> None:
+        """Map the rows of another instance's join buffer (its columns: ``fields``) to ours,
+        giving columns to names we have not seen (in the decode worker too: nothing is in
+        flight during a rebalance, so both interners take them in the same order)."""
+        if fields == self.interner.fields[: len(fields)]:
+            return  # the same columns (the usual case: every instance sees the same producers)
+        new = [f for f in fields if self.interner.column(f) is None]
+        if new:
+            assert not self._in_flight
+            self.interner.admit(new)
+            if self.decoder is not None:
+                try:
+                    self.decoder.admit(new)
+                except DecodeWorkerError as exc:
+                    self._decoder_failed(exc)
+        cols = [self.interner.column(f) for f in fields]
+        shard.join.map_features(lambda rows: remap_rows(rows, cols, len(self.interner.fields)))
 
     def owned_shards(self) -> list[ShardState]:
         owned = {tp.partition for tp in self.assigned}
@@ -478,27 +531,85 @@ class Daemon:
     def _poll_once(self) -> None:
         polled_at = time.perf_counter()
         try:
-            batch = self.consumer.poll(timeout_ms=200)
+            # with a batch in the decoder, only look for more: that batch is applied next
+            batch = self.consumer.poll(timeout_ms=0 if self._in_flight else 200)
         except KafkaError as exc:
             self.metrics.kafka_errors.labels(type(exc).__name__).inc()
             log.error("poll failed: %s", exc)
             time.sleep(1.0)
             return
-        if not batch:
+        if not batch and not self._in_flight:
             return
-        if self.first_records_at is None:
+        if batch and self.first_records_at is None:
             self.first_records_at = polled_at
+        submitted = 0
         with self.metrics.batch_seconds.time():
             for tp, records in batch.items():
-                self._process_partition(tp, records)
+                if self.decoder is not None:
+                    submitted += self._submit(tp, records)
+                else:
+                    self._process_partition(tp, records)
+            # apply what was handed over before this poll, and leave this poll's batches to
+            # decode while the next poll runs; with nothing new, apply everything
+            self._apply_in_flight(keep=min(submitted, len(self._in_flight)))
         self.last_batch_done_at = time.perf_counter()
 
+    def _submit(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:
+        """Hand a batch to the decoder (1), or decode and apply it here if there is none (0)."""
+        assert self.decoder is not None
+        if len(self._in_flight) >= self.decoder.max_in_flight:
+            self._apply_in_flight(keep=self.decoder.max_in_flight - 1)
+        if self.decoder is not None:
+            try:
+                self.decoder.submit([r.value for r in records])
+                self._in_flight.append((tp, records))
+                return 1
+            except DecodeWorkerError as exc:
+                self._decoder_failed(exc)
+        self._apply_in_flight()  # the failed worker's batches first, in order
+        self._process_partition(tp, records)
+        return 0
+
+    def _apply_in_flight(self, keep: int = 0, drop: set[TopicPartition] | None = None) -> None:
+        """Apply the oldest batches in the decoder until ``keep`` remain; a batch of a partition
+        in ``drop`` (being revoked) is collected but not applied: it is read again from the offsets
+        its shard holds."""
+        while len(self._in_flight) > keep:
+            if self.decoder is None:
+                tp, records = self._in_flight.popleft()
+                if not drop or tp not in drop:
+                    self._process_partition(tp, records)
+                continue
+            try:
+                events, bad, _ = self.decoder.collect()
+            except DecodeWorkerError as exc:
+                self._decoder_failed(exc)
+                continue
+            tp, records = self._in_flight.popleft()
+            if not drop or tp not in drop:
+                self._apply(tp, records, events, bad)
+
+    def _settle_in_flight(self, drop: set[TopicPartition] | None = None) -> None:
+        self._apply_in_flight(keep=0, drop=drop)
+
+    def _decoder_failed(self, exc: BaseException) -> None:
+        log.error("%s; decoding in the poll loop from now on (%d batches in flight are decoded again)",
+                  exc, len(self._in_flight))
+        self.metrics.decode_worker_failures.inc()
+        if self.decoder is not None:
+            self.decoder.close(timeout_s=1.0)
+        self.decoder = None
+
     def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        events, bad, _ = decode_rows([r.value for r in records], self.limits, self.interner)
+        self._apply(tp, records, events, bad)
+
+    def _apply(self, tp: TopicPartition, records: list[ConsumerRecord], events: list[Any],
+               bad: list[tuple[int, Any]]) -> None:
         shard = self.shards.get(tp.partition)
         if shard is None:
             shard = self.shards[tp.partition] = self._new_shard(tp.partition)
         source = (tp.topic, tp.partition)
-        events, bad = decode_many([r.value for r in records], self.limits)
         dead: list[tuple[ConsumerRecord, str, str]] = [(records[i], e.reason, e.detail) for i, e in bad]
         good_records = _without(records, [i for i, _ in bad])
         result = shard.join.process(events, source)
@@ -539,10 +650,10 @@ class Daemon:
             self.metrics.events.labels("click", "duplicate").inc(duplicates)
 
     def _learn(self, shard: ShardState, examples: list[Any]) -> None:
-        features = [ex.features for ex in examples]
         labels = np.fromiter((ex.label for ex in examples), dtype=np.int8, count=len(examples))
         ts = np.fromiter((ex.ts for ex in examples), dtype=np.int64, count=len(examples))
-        encoded = self.interner.encode(features)
+        fields = list(self.interner.fields)
+        encoded = EncodedBatch(fields, rows_matrix([ex.features for ex in examples], len(fields)))
         shard.mi.update(encoded, labels, ts)
         positives = int(labels.sum())
         self.metrics.examples.labels("positive").inc(positives)
@@ -672,7 +783,7 @@ class Daemon:
         """Flush → snapshot → commit. Returns the snapshot's size in bytes."""
         t0 = time.perf_counter()
         if self.coordinator is not None:
-            self.metrics.stats_bytes.inc(self.coordinator.publish_shards(self.owned_shards()))
+            self.metrics.stats_bytes.inc(self.coordinator.publish_shards(self.owned_shards(), self.interner.fields))
             self.coordinator.publish_gates(self.own_gate_report())
             self.coordinator.flush()
         if self.dlq is not None:
@@ -761,6 +872,9 @@ class Daemon:
             self._watcher.join(5)
         if self.trainer is not None:
             self.trainer.stop()
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
         for closer in (self.consumer, self.dlq, self.publisher, self.coordinator):
             if closer is None:
                 continue

@@ -1,0 +1,212 @@
+"""The decode worker process gives exactly what decoding in the poll loop gives.
+
+Unit tests run a real worker process (no broker); the broker test runs the daemon
+both ways over one stream, and once with the worker killed part-way, and compares
+the MI state it ends with.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from connectors.codec import DEFAULT_LIMITS, Click, Impression, Labeled, encode
+from connectors.decode_worker import DecodeWorker, DecodeWorkerError, decode_rows, rows_matrix
+from connectors.synthetic import GeneratorConfig, generate
+from models.interning import MISSING, Interner
+
+BAD = [
+    b"not json",
+    b'{"type":"impression","id":"x","ts":1,"features":{"a":[1]}}',  # nested value
+    b'{"type":"click","id":7,"ts":1}',  # id not a string
+    b'{"type":"impression","id":"y","ts":1,"features":{"' + b"n" * 200 + b'":1}}',  # name too long
+    b"",
+    None,
+]
+
+
+def _batches() -> list[list[bytes | None]]:
+    cfg = GeneratorConfig(seed=4, n_impressions=3000, preset="small", event_rate=20.0)
+    raws: list[bytes | None] = [encode(ev) for ev in generate(cfg)]
+    batches = [raws[i : i + 700] for i in range(0, len(raws), 700)]
+    # bad records among good ones; a labelled example; a field that appears only later, with
+    # more distinct values than a column remembers names for (its names are then forgotten)
+    batches[1] = batches[1][:5] + BAD + batches[1][5:]
+    batches[2] = [*batches[2], encode(Labeled(10, {"late": "v0", "a": 1.5}, 1))]
+    batches[3] = [encode(Impression(f"n{i}", 20 + i, {"late": f"v{i}", "zz": i % 3 == 0}))
+                  for i in range(40)] + batches[3]
+    return batches
+
+
+def _flat(events: list) -> list[tuple]:
+    return [(type(e).__name__, getattr(e, "id", None), e.ts, e.features, getattr(e, "label", None))
+            for e in events]
+
+
+def _names(interner: Interner) -> list:
+    return [(n.cap, n.names) for n in interner._names]
+
+
+def test_the_worker_decodes_exactly_like_the_loop() -> None:
+    here, mirror = Interner(names_per_column=16), Interner(names_per_column=16)
+    worker = DecodeWorker(DEFAULT_LIMITS, mirror)
+    try:
+        batches = _batches()
+        for batch in batches[:2]:
+            worker.submit(batch)  # two in flight: results come back in order
+        got = [worker.collect(), worker.collect()]
+        for batch in batches[2:]:
+            worker.submit(batch)
+            got.append(worker.collect())
+    finally:
+        worker.close()
+    for batch, (events, bad, width) in zip(batches, got, strict=True):
+        want_events, want_bad, want_width = decode_rows(batch, DEFAULT_LIMITS, here)
+        assert _flat(events) == _flat(want_events)
+        assert [(i, e.reason, e.detail) for i, e in bad] == [(i, e.reason, e.detail) for i, e in want_bad]
+        assert width == want_width
+    assert [len(b) for b in got[1][1:2]] and {e.reason for _, e in got[1][1]} == {
+        "not_json", "bad_feature_value", "wrong_type", "field_name_too_long", "empty"}
+    assert mirror.fields == here.fields and "late" in here.fields
+    assert _names(mirror) == _names(here)
+    assert here._names[here.column("late")].names is None  # 41 values > 16: forgotten on both sides
+
+
+def test_rows_read_later_columns_as_missing() -> None:
+    interner = Interner()
+    (old,), _, w_old = decode_rows([encode(Impression("a", 1, {"b": "x"}))], DEFAULT_LIMITS, interner)
+    (new,), _, w_new = decode_rows([encode(Impression("c", 2, {"a": 1, "b": "x"}))], DEFAULT_LIMITS, interner)
+    assert (w_old, w_new) == (1, 2) and isinstance(old, Impression) and isinstance(old.features, bytes)
+    m = rows_matrix([old.features, new.features], w_new)  # type: ignore[list-item]
+    b, a = interner.column("b"), interner.column("a")
+    assert m[0, b] == m[1, b] and m[0, a] == MISSING and m[1, a] != MISSING
+    (click,), _, _ = decode_rows([encode(Click("c", 3, {"q": 1}))], DEFAULT_LIMITS, interner)
+    assert click.features is None and "q" not in interner.fields  # a click's features are not joined
+
+
+def test_a_dead_worker_is_reported() -> None:
+    worker = DecodeWorker(DEFAULT_LIMITS, Interner())
+    try:
+        worker.submit([encode(Impression("a", 1, {"f": 1}))])
+        worker.collect()
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(DecodeWorkerError):
+            worker.submit([encode(Impression("b", 2, {"f": 2}))])
+            worker.collect()
+    finally:
+        worker.close(timeout_s=1.0)
+
+
+def test_the_worker_does_not_outlive_a_killed_daemon() -> None:
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from connectors.codec import DEFAULT_LIMITS\n"
+         "from connectors.decode_worker import DecodeWorker\n"
+         "from models.interning import Interner\n"
+         "w = DecodeWorker(DEFAULT_LIMITS, Interner())\n"
+         "print(w.pid, flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())  # type: ignore[union-attr]
+        parent.kill()
+        parent.wait(10)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the decode worker outlived its daemon")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+# ------------------------------------------------------------------ on the real broker
+def _produce(bootstrap: str, topics: tuple[str, str]) -> int:
+    from daemon.bench import produce_stream
+    from daemon.config import load_settings
+
+    settings = load_settings(env={"FEATSIEVE_BOOTSTRAP": bootstrap})
+    return produce_stream(settings, topics, 12_000, seed=5, partitions=6)
+
+
+def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_process: bool,
+         kill_after: int | None = None) -> tuple[dict, int]:
+    from daemon import runloop
+    from daemon.config import load_settings
+
+    settings = load_settings(env={"FEATSIEVE_BOOTSTRAP": bootstrap}).with_overrides(
+        input_topics=",".join(topics), group_id=name, model_id=name, state_dir=str(tmp_path / name),
+        mask_topic=f"{name}.masks", dlq_topic=f"{name}.dlq", gates=False, metrics_port=0,
+        decode_process=decode_process, max_poll_records=700)  # 12 partitions: more than max_in_flight
+    daemon = runloop.Daemon(settings, CollectorRegistry(), exit_at_end=True)
+    if kill_after is not None:
+        original = runloop.DecodeWorker.collect
+        calls = {"n": 0}
+
+        def collect(worker: DecodeWorker) -> tuple:
+            calls["n"] += 1
+            if calls["n"] == kill_after:
+                os.kill(worker.pid, signal.SIGKILL)
+            return original(worker)
+
+        runloop.DecodeWorker.collect = collect  # type: ignore[method-assign]
+        try:
+            assert daemon.run() == 0
+        finally:
+            runloop.DecodeWorker.collect = original  # type: ignore[method-assign]
+        assert calls["n"] >= kill_after and daemon.decoder is None
+    else:
+        assert daemon.run() == 0
+    scores = {f.name: (f.mi, f.examples, f.positives, f.cardinality) for f in daemon.global_mi().scores()}
+    return scores, daemon.events_seen
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_the_daemon_ends_in_the_same_state_with_or_without_the_worker(bootstrap: str, unique: str,
+                                                                       tmp_path) -> None:
+    topics = (f"{unique}.impressions", f"{unique}.clicks")
+    produced = _produce(bootstrap, topics)
+    in_loop, n1 = _run(bootstrap, topics, unique + "a", tmp_path, decode_process=False)
+    worker, n2 = _run(bootstrap, topics, unique + "b", tmp_path, decode_process=True)
+    killed, n3 = _run(bootstrap, topics, unique + "c", tmp_path, decode_process=True, kill_after=3)
+    assert n1 == n2 == n3 == produced
+    assert in_loop and worker == in_loop and killed == in_loop
+    assert orjson.dumps(sorted(in_loop.items()))  # plain numbers, comparable exactly
+    assert np.isfinite([v[0] for v in in_loop.values()]).all()
+
+
+def test_rows_of_another_instance_map_to_our_columns() -> None:
+    from connectors.decode_worker import remap_rows
+
+    theirs, ours = Interner(), Interner()
+    (ev,), _, _ = decode_rows([encode(Impression("a", 1, {"b": "x", "c": 2, "d": True}))], DEFAULT_LIMITS, theirs)
+    decode_rows([encode(Impression("z", 1, {"e": 0}))], DEFAULT_LIMITS, ours)  # our columns differ
+    ours.admit(["b", "c"])  # "d": a name we give no column (as when max_fields is reached)
+    cols = [ours.column(f) for f in theirs.fields]
+    (row,) = remap_rows([ev.features], cols, len(ours.fields))  # type: ignore[list-item]
+    got = np.frombuffer(row, "<u8")
+    want = ours.encode([{"b": "x", "c": 2}]).hashes[0]
+    assert got.tolist() == want.tolist() and got[ours.column("e")] == MISSING
+
+
+def test_stats_records_carry_rows() -> None:
+    from connectors.stats import decode
+    from connectors.stats import encode as encode_stats
+
+    payload = {"shard": {"join": {"impressions": [["a", 1, b"\x00\x01\xff" * 3], ["b", 2, None]]}}}
+    assert decode(encode_stats(payload))["shard"] == payload["shard"]
