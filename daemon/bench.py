@@ -59,10 +59,30 @@ def produce_stream(
     return n
 
 
-def ceiling(settings: Settings, topics: tuple[str, str], expected: int) -> dict[str, float]:
-    """A plain kafka-python consumer that polls the topics and decodes every value with orjson."""
+def ceiling(settings: Settings, topics: tuple[str, str], expected: int,
+            gc_threshold: tuple[int, int, int] | None = None) -> dict[str, float]:
+    """A plain kafka-python consumer that polls the topics and decodes every value with orjson.
+
+    ``gc_threshold``: the collector's thresholds during the pass (None: as they are). The daemon
+    raises them (kafka-python's parsing allocates an object per record and field), and a fair
+    ceiling gets the same; the default-GC ceiling is reported beside it.
+    """
+    import gc
+
     from connectors.kafka_io import make_consumer
     from daemon.settings_map import endpoint_from
+
+    before = gc.get_threshold()
+    if gc_threshold is not None:
+        gc.set_threshold(*gc_threshold)
+    try:
+        return _ceiling(settings, topics, expected, make_consumer, endpoint_from)
+    finally:
+        gc.set_threshold(*before)
+
+
+def _ceiling(settings: Settings, topics: tuple[str, str], expected: int, make_consumer: Any,
+             endpoint_from: Any) -> dict[str, float]:
 
     consumer = make_consumer(
         endpoint_from(settings),
@@ -130,33 +150,66 @@ def daemon_pass(settings: Settings, topics: tuple[str, str], gates: bool, expect
         return out
 
 
+E2E_ROUNDS = {"tiny": 1, "small": 3, "full": 3}
+
+
 def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
+    """Ceiling and daemon passes over one produced stream, alternated for a few rounds.
+
+    Each round runs the ceiling, the daemon with gates off (decode worker on, then decoding
+    in the poll loop) and with gates on, so that load which comes and goes on a shared machine
+    falls on all of them; the ratios are of the medians over the rounds.
+    """
     run = "bench-" + uuid.uuid4().hex[:8]
     topics = (f"{run}.impressions", f"{run}.clicks")
     n_imp = SIZES[size]
     produced = produce_stream(settings, topics, n_imp)
-    ceil = ceiling(settings, topics, produced)
-    off = daemon_pass(settings, topics, gates=False, expected=produced)
-    on = daemon_pass(settings, topics, gates=True, expected=produced)
+    from daemon.runloop import GC_THRESHOLDS
+
+    passes: dict[str, list[dict[str, Any]]] = {"ceiling": [], "ceiling_default_gc": [], "off": [],
+                                               "off_in_loop": [], "on": []}
+    for _ in range(E2E_ROUNDS[size]):
+        passes["ceiling"].append(ceiling(settings, topics, produced, GC_THRESHOLDS))
+        passes["ceiling_default_gc"].append(ceiling(settings, topics, produced, (700, 10, 10)))
+        passes["off"].append(daemon_pass(settings, topics, gates=False, expected=produced))
+        passes["off_in_loop"].append(daemon_pass(settings.with_overrides(decode_process=False), topics,
+                                                 gates=False, expected=produced))
+        passes["on"].append(daemon_pass(settings, topics, gates=True, expected=produced))
+
+    def median(name: str, key: str = "events_per_s") -> float:
+        return float(np.median([p[key] for p in passes[name]]))
+
+    ceil = median("ceiling")
+    on_last = passes["on"][-1]
     return {
         "suite": "e2e",
         "events": produced,
-        "ceiling_events_per_s": ceil["events_per_s"],
-        "daemon_gates_off_events_per_s": off["events_per_s"],
-        "daemon_gates_on_events_per_s": on["events_per_s"],
-        "ratio": off["events_per_s"] / ceil["events_per_s"],
-        "ratio_gates_on": on["events_per_s"] / ceil["events_per_s"],
-        "ceiling_wall_events_per_s": ceil["wall_events_per_s"],
-        "daemon_gates_off_wall_events_per_s": off["wall_events_per_s"],
-        "daemon_gates_on_wall_events_per_s": on["wall_events_per_s"],
-        "wall_ratio": off["wall_events_per_s"] / ceil["wall_events_per_s"],
-        "daemon_startup_seconds": off["startup_seconds"],
-        "daemon_shutdown_seconds": off["shutdown_seconds"],
+        "rounds": E2E_ROUNDS[size],
+        "ceiling_events_per_s": ceil,
+        "ceiling_default_gc_events_per_s": median("ceiling_default_gc"),
+        "ratio_vs_default_gc_ceiling": median("off") / median("ceiling_default_gc"),
+        "daemon_gates_off_events_per_s": median("off"),
+        "daemon_gates_off_in_loop_events_per_s": median("off_in_loop"),
+        "daemon_gates_on_events_per_s": median("on"),
+        "ratio": median("off") / ceil,
+        "ratio_in_loop": median("off_in_loop") / ceil,
+        "ratio_gates_on": median("on") / ceil,
+        "ceiling_wall_events_per_s": median("ceiling", "wall_events_per_s"),
+        "daemon_gates_off_wall_events_per_s": median("off", "wall_events_per_s"),
+        "daemon_gates_on_wall_events_per_s": median("on", "wall_events_per_s"),
+        "wall_ratio": median("off", "wall_events_per_s") / median("ceiling", "wall_events_per_s"),
+        "daemon_startup_seconds": median("off", "startup_seconds"),
+        "daemon_shutdown_seconds": median("off", "shutdown_seconds"),
+        "daemon_gates_on_startup_seconds": median("on", "startup_seconds"),
+        "daemon_gates_on_shutdown_seconds": median("on", "shutdown_seconds"),
+        "per_round_events_per_s": {k: [round(p["events_per_s"]) for p in v] for k, v in passes.items()},
         "max_poll_records": settings.max_poll_records,
         "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
-        "gate_sampling_rate": on.get("gate_sampling_rate"),
-        "gate_examples": on.get("gate_examples"),
+        "gate_sampling_rate": on_last.get("gate_sampling_rate"),
+        "gate_examples": on_last.get("gate_examples"),
+        "gate_skipped_examples": on_last.get("gate_skipped_examples"),
         "cores": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
         "peak_rss_mb": _peak_rss_mb(),
     }
 
