@@ -177,7 +177,8 @@ def test_broker_restart_mid_stream_gives_the_uninterrupted_state(broker: Private
     try:
         done = subprocess.run(clean_args, capture_output=True, text=True, timeout=120, cwd=ROOT)
     except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"the uninterrupted run did not finish:\n{(exc.stderr or b'')[-4000:]!r}") from None
+        err = exc.stderr or b""
+        raise AssertionError(f"the uninterrupted run did not finish:\n{err[:3000]!r}\n...\n{err[-2000:]!r}") from None
     assert done.returncode == 0, done.stderr[-3000:]
 
     a, b = final_state(clean), final_state(tmp_path / "restarted")
