@@ -171,10 +171,11 @@ def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
     for _ in range(E2E_ROUNDS[size]):
         passes["ceiling"].append(ceiling(settings, topics, produced, GC_THRESHOLDS))
         passes["ceiling_default_gc"].append(ceiling(settings, topics, produced, (700, 10, 10)))
-        passes["off"].append(daemon_pass(settings, topics, gates=False, expected=produced))
+        worker = settings.with_overrides(decode_process=True)
+        passes["off"].append(daemon_pass(worker, topics, gates=False, expected=produced))
         passes["off_in_loop"].append(daemon_pass(settings.with_overrides(decode_process=False), topics,
                                                  gates=False, expected=produced))
-        passes["on"].append(daemon_pass(settings, topics, gates=True, expected=produced))
+        passes["on"].append(daemon_pass(worker, topics, gates=True, expected=produced))
 
     def median(name: str, key: str = "events_per_s") -> float:
         return float(np.median([p[key] for p in passes[name]]))

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--exit-at-end", action="store_true",
                      help="consume every assigned partition up to its end offset at start, publish, checkpoint, exit 0")
-    run.add_argument("--max-events", type=int, default=None, help="stop after N input events in this process")
+    run.add_argument("--max-events", type=int, default=None, help="stop after exactly N input events in this process (a later run reads the rest)")
     run.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     add_setting_flags(run)
 

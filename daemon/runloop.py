@@ -50,6 +50,7 @@ from connectors.kafka_io import (
     forget_connection_failures,
     make_admin,
     make_consumer,
+    wait_for_topics,
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
 from connectors.state_store import SnapshotStore
@@ -67,6 +68,8 @@ log = logging.getLogger("featsieve")
 STATE_FORMAT = 1
 CONNECT_TIMEOUT_MS = 10_000  # per connection attempt at start-up (then backoff)
 COMMIT_TIMEOUT_MS = 5_000  # offsets are in the snapshot already; the group commit is advisory
+TOPIC_WAIT_S = 5.0  # at start-up, how long to wait for the input topics' metadata before subscribing
+INPUT_METADATA_MAX_AGE_MS = 30_000
 # allocations between young-generation collections, and the older generations' (CPython: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 100)
 
@@ -76,16 +79,23 @@ class StopRequested(Exception):
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    """Revoked partitions are checkpointed before they go; assigned ones are sought to our offsets."""
+    """Revoked partitions are checkpointed before they go; assigned ones are sought to our offsets.
+
+    kafka-python calls these on its I/O thread, whenever a rebalance completes there, not only
+    inside ``poll()``: they take the daemon's state lock, which the poll loop holds whenever it
+    touches state (never while it waits on the consumer), so they never run in the middle of a batch.
+    """
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
     def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        self.daemon.on_revoked(list(revoked))
+        with self.daemon.state_lock:
+            self.daemon.on_revoked(list(revoked))
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self.daemon.on_assigned(list(assigned))
+        with self.daemon.state_lock:
+            self.daemon.on_assigned(list(assigned))
 
 
 class Daemon:
@@ -142,6 +152,8 @@ class Daemon:
         self.restored_position: PublishedPosition | None = None
         self.trainer: Any = None
         self.decoder: DecodeWorker | None = None
+        self.state_lock = threading.RLock()  # the poll loop's state against the rebalance callbacks
+        self._rebalance_count = 0  # callbacks run so far: a batch polled before one is stale
         # batches handed to the decoder and not yet applied, oldest first (their offsets are not
         # in any shard yet: a checkpoint taken meanwhile resumes before them)
         self._in_flight: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
@@ -224,6 +236,7 @@ class Daemon:
     # consumer request (commit, end_offsets), so revocation commits asynchronously and the
     # end offsets for --exit-at-end are fetched by the main loop.
     def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._rebalance_count += 1
         self.metrics.rebalances.labels("revoked").inc()
         self._settle_in_flight(drop=set(revoked))
         if revoked and (self.publisher is not None or self.coordinator is not None) and not self._closing:
@@ -238,19 +251,24 @@ class Daemon:
         log.info("partitions revoked: %s", _tp_list(revoked))
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._rebalance_count += 1
         self.metrics.rebalances.labels("assigned").inc()
         self.assigned |= set(assigned)
         if self.coordinator is not None:
             for p in sorted({tp.partition for tp in assigned}):
                 self._take_over_shard(p)
         for tp in assigned:
-            shard = self.shards.get(tp.partition)
-            offset = shard.offsets.get((tp.topic, tp.partition)) if shard else None
-            if offset is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, offset)
+            self._seek_to_state(tp)
         log.info("partitions assigned: %s", _tp_list(assigned))
+
+    def _seek_to_state(self, tp: TopicPartition) -> None:
+        """Point the consumer at the next record our state has not counted."""
+        shard = self.shards.get(tp.partition)
+        offset = shard.offsets.get((tp.topic, tp.partition)) if shard else None
+        if offset is None:
+            self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, offset)
 
     # ------------------------------------------------------------------- run
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -286,23 +304,28 @@ class Daemon:
         try:
             while not self._stop:
                 if self.coordinator is not None:
-                    self._coordinate()
+                    with self.state_lock:
+                        self._coordinate()
                 self._poll_once()
                 now = self.clock()
-                if now - self.last_mask_mono >= self.s.mask_interval_s:
-                    self.update_mask()
-                if (
-                    now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
-                    or self.events_since_checkpoint >= self.s.checkpoint_interval_events
-                ):
-                    self.checkpoint(reason="interval")
+                with self.state_lock:
+                    if now - self.last_mask_mono >= self.s.mask_interval_s:
+                        self.update_mask()
+                    if (
+                        now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
+                        or self.events_since_checkpoint >= self.s.checkpoint_interval_events
+                    ):
+                        # an asynchronous commit: a synchronous one would wait for the I/O thread,
+                        # which may be waiting for this lock in a rebalance callback
+                        self.checkpoint(reason="interval", sync_commit=False)
                 if self.max_events is not None and self.events_seen >= self.max_events:
                     break
                 if self.duration_s is not None and now - started >= self.duration_s:
                     break
                 if self.exit_at_end and self._reached_end() and self._election_settled(now):
                     break
-            self._settle_in_flight()
+            with self.state_lock:
+                self._settle_in_flight()
         except WriterFencedError as exc:
             log.error("%s; stopping without publishing", exc)
             self._close()
@@ -314,8 +337,9 @@ class Daemon:
             self._closing = True
             self._close()
             return 1
-        self.update_mask(force=True)
-        size = self.checkpoint(reason="shutdown")
+        with self.state_lock:
+            self.update_mask(force=True)
+            size = self.checkpoint(reason="shutdown")
         log.info(
             "featsieve stopped: events=%d state_bytes=%d offsets=%s mask_version=%d",
             self.events_seen, size, self._offsets_text(), self.publisher.version if self.publisher else 0,
@@ -362,7 +386,16 @@ class Daemon:
                     fetch_max_bytes=self.s.fetch_max_bytes,
                     max_partition_fetch_bytes=self.s.max_partition_fetch_bytes,
                     partition_assignment_strategy=[RangePartitionAssignor],
+                    # input topics or partitions created later are found within this, not 5 min
+                    metadata_max_age_ms=INPUT_METADATA_MAX_AGE_MS,
                 )
+                try:
+                    # join the group knowing the input partitions: a consumer that joins before
+                    # their metadata is known (a broker just restarted, topics just created) is
+                    # assigned nothing until its next metadata refresh
+                    wait_for_topics(self.consumer, self.s.input_topics, timeout_s=TOPIC_WAIT_S)
+                except TimeoutError as exc:
+                    log.warning("%s; subscribing anyway (their partitions are assigned when they appear)", exc)
                 self.consumer.subscribe(self.s.input_topics, listener=_Rebalance(self))
                 if self.publisher is not None:
                     self.metrics.mask_epoch.set(self.publisher.epoch)
@@ -530,6 +563,7 @@ class Daemon:
 
     def _poll_once(self) -> None:
         polled_at = time.perf_counter()
+        rebalances = self._rebalance_count
         try:
             # with a batch in the decoder, only look for more: that batch is applied next
             batch = self.consumer.poll(timeout_ms=0 if self._in_flight else 200)
@@ -542,9 +576,37 @@ class Daemon:
             return
         if batch and self.first_records_at is None:
             self.first_records_at = polled_at
+        with self.state_lock:
+            if self._rebalance_count != rebalances and batch:
+                # a rebalance ran on the I/O thread after (or while) this batch was fetched: its
+                # records may predate the offsets the new assignment was sought to. Drop it and read
+                # again from what our state has counted.
+                for tp in batch:
+                    if tp not in self.assigned:
+                        continue
+                    pending = [records for t, records in self._in_flight if t == tp]
+                    if pending:  # still ours and in the decoder: read on after those
+                        self.consumer.seek(tp, pending[-1][-1].offset + 1)
+                    else:
+                        self._seek_to_state(tp)
+                batch = {}
+            self._take(batch)
+        self.last_batch_done_at = time.perf_counter()
+
+    def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Hand this poll's batches to the decoder (or decode them here) and apply earlier ones."""
         submitted = 0
+        budget = None  # with --max-events: records still to take, so that exactly that many are applied
+        if self.max_events is not None:
+            budget = self.max_events - self.events_seen - sum(len(r) for _, r in self._in_flight)
         with self.metrics.batch_seconds.time():
             for tp, records in batch.items():
+                if budget is not None:
+                    # the rest is not applied and its offsets not recorded: a later run reads it
+                    records = records[: max(budget, 0)]
+                    budget -= len(records)
+                    if not records:
+                        continue
                 if self.decoder is not None:
                     submitted += self._submit(tp, records)
                 else:
@@ -552,7 +614,6 @@ class Daemon:
             # apply what was handed over before this poll, and leave this poll's batches to
             # decode while the next poll runs; with nothing new, apply everything
             self._apply_in_flight(keep=min(submitted, len(self._in_flight)))
-        self.last_batch_done_at = time.perf_counter()
 
     def _submit(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:
         """Hand a batch to the decoder (1), or decode and apply it here if there is none (0)."""

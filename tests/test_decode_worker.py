@@ -144,7 +144,7 @@ def _produce(bootstrap: str, topics: tuple[str, str]) -> int:
 
 
 def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_process: bool,
-         kill_after: int | None = None) -> tuple[dict, int]:
+         kill_after: int | None = None, max_events: int | None = None) -> tuple[dict, int]:
     from daemon import runloop
     from daemon.config import load_settings
 
@@ -152,7 +152,8 @@ def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_pr
         input_topics=",".join(topics), group_id=name, model_id=name, state_dir=str(tmp_path / name),
         mask_topic=f"{name}.masks", dlq_topic=f"{name}.dlq", gates=False, metrics_port=0,
         decode_process=decode_process, max_poll_records=700)  # 12 partitions: more than max_in_flight
-    daemon = runloop.Daemon(settings, CollectorRegistry(), exit_at_end=True)
+    daemon = runloop.Daemon(settings, CollectorRegistry(), exit_at_end=max_events is None,
+                            max_events=max_events)
     if kill_after is not None:
         original = runloop.DecodeWorker.collect
         calls = {"n": 0}
@@ -172,6 +173,7 @@ def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_pr
     else:
         assert daemon.run() == 0
     scores = {f.name: (f.mi, f.examples, f.positives, f.cardinality) for f in daemon.global_mi().scores()}
+    assert sum(o for shard in daemon.shards.values() for o in shard.offsets.values()) == daemon.events_seen
     return scores, daemon.events_seen
 
 
@@ -210,3 +212,13 @@ def test_stats_records_carry_rows() -> None:
 
     payload = {"shard": {"join": {"impressions": [["a", 1, b"\x00\x01\xff" * 3], ["b", 2, None]]}}}
     assert decode(encode_stats(payload))["shard"] == payload["shard"]
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_max_events_stops_at_exactly_that_many(bootstrap: str, unique: str, tmp_path) -> None:
+    topics = (f"{unique}.impressions", f"{unique}.clicks")
+    _produce(bootstrap, topics)
+    for decode_process in (True, False):
+        _, n = _run(bootstrap, topics, f"{unique}{decode_process}", tmp_path, decode_process, max_events=5_001)
+        assert n == 5_001
