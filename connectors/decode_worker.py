@@ -66,11 +66,16 @@ def decode_rows(raws: Sequence[bytes | None], limits: Limits, interner: Interner
     if with_features:
         encoded = interner.encode([ev.features for ev in with_features])  # type: ignore[misc]
         width = encoded.hashes.shape[1]
-        blob = encoded.hashes.astype(ROW_DTYPE, copy=False).tobytes()
-        step = 8 * width
-        for k, ev in enumerate(with_features):
-            ev.features = blob[k * step : (k + 1) * step]  # type: ignore[assignment]
+        for ev, row in zip(with_features, hash_rows(encoded.hashes), strict=True):
+            ev.features = row  # type: ignore[assignment]
     return events, bad, width
+
+
+def hash_rows(hashes: np.ndarray) -> list[bytes]:
+    """The rows of an (n, width) hash matrix, each as the bytes the join holds."""
+    blob = hashes.astype(ROW_DTYPE, copy=False).tobytes()
+    step = 8 * hashes.shape[1]
+    return [blob[k * step : (k + 1) * step] for k in range(hashes.shape[0])]
 
 
 def rows_matrix(rows: Sequence[bytes], width: int) -> np.ndarray:

@@ -38,6 +38,7 @@ from connectors.decode_worker import (
     DecodeWorker,
     DecodeWorkerError,
     decode_rows,
+    hash_rows,
     remap_rows,
     rows_matrix,
 )
@@ -208,9 +209,7 @@ class Daemon:
             dicts = [f for f in features if f.__class__ is dict]
             if not dicts:
                 return features
-            hashes = self.interner.encode(dicts).hashes.astype("<u8")
-            it = iter(hashes.tobytes()[k * hashes.shape[1] * 8 : (k + 1) * hashes.shape[1] * 8]
-                      for k in range(len(dicts)))
+            it = iter(hash_rows(self.interner.encode(dicts).hashes))
             return [next(it) if f.__class__ is dict else f for f in features]
 
         if sum(shard.join.map_features(rows) for shard in self.shards.values()):

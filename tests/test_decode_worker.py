@@ -222,3 +222,22 @@ def test_max_events_stops_at_exactly_that_many(bootstrap: str, unique: str, tmp_
     for decode_process in (True, False):
         _, n = _run(bootstrap, topics, f"{unique}{decode_process}", tmp_path, decode_process, max_events=5_001)
         assert n == 5_001
+
+
+def test_impressions_restored_with_feature_dicts_wait_as_rows(tmp_path) -> None:
+    """A snapshot of an earlier version holds feature dicts in the join: restore turns them into rows."""
+    from connectors.join import JoinBuffer
+    from daemon.config import load_settings
+    from daemon.runloop import Daemon
+    from daemon.shards import ShardState
+    from models.mi import MIState
+
+    daemon = Daemon(load_settings(env={}).with_overrides(state_dir=str(tmp_path)), CollectorRegistry())
+    join = JoinBuffer(window_ms=60_000, lateness_ms=0, sources=[("t", 0)])
+    join.process([Impression("a", 1, {"f": "x", "g": 2}), Impression("b", 2, {"f": "y"})], ("t", 0))
+    daemon.shards = {0: ShardState(0, join, MIState(daemon.mi_config))}
+    daemon._rows_from_dicts()
+    rows = [f for _, f in join._imps.values()]
+    assert all(isinstance(r, bytes) for r in rows)
+    got = rows_matrix(rows, len(daemon.interner.fields))
+    assert got.tolist() == Interner().encode([{"f": "x", "g": 2}, {"f": "y"}]).hashes.tolist()
