@@ -152,7 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("gate_exit", "float", 0.2, "gate_open (the field gate: 1 open, 0 closed; averaged over instances) below which the gates vote to drop a field", minimum=0, maximum=1),
     # gates
     S("gates", "bool", True, "train OptFS gates online beside the MI scorer"),
-    S("decode_process", "bool", False, "decode and hash records in a worker process beside the poll loop (docs/internals.md; false: in the loop)"),
+    S("decode_process", "bool", True, "decode and hash records in a worker process beside the poll loop (docs/internals.md; false: in the loop, for one core)"),
     S("gate_max_fields", "int", 64, "fields the gate model covers (columns beyond are scored by MI only)", minimum=1, maximum=1024),
     S("gate_buckets", "int", 16384, "hashed embedding rows per field", minimum=16, maximum=1 << 22),
     S("gate_window", "int", 200_000, "examples per continuation window", minimum=1000),

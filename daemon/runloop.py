@@ -136,6 +136,7 @@ class Daemon:
         self._watch_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self.events_seen = 0
+        self.events_seen_total = 0  # with the events of earlier runs (from the snapshot)
         # perf_counter() at the start of the poll that first returned records, and after the
         # latest batch was processed: the steady-state window that `featsieve bench e2e` reports
         self.first_records_at: float | None = None
@@ -285,6 +286,9 @@ class Daemon:
         self._restored_gates = None
         restored_bytes = self._restore()
         if self.s.decode_process:
+            if len(os.sched_getaffinity(0)) < 2:
+                log.warning("decode_process is on with one usable core: the worker competes with the poll "
+                            "loop (set FEATSIEVE_DECODE_PROCESS=false to decode in the loop)")
             self.decoder = DecodeWorker(self.limits, self.interner)  # starts while we connect
         self._connect()
         self._start_connection_watch()
@@ -609,6 +613,8 @@ class Daemon:
                 if self.decoder is not None:
                     submitted += self._submit(tp, records)
                 else:
+                    # a worker that failed may have left batches in flight: they are older
+                    self._apply_in_flight()
                     self._process_partition(tp, records)
             # apply what was handed over before this poll, and leave this poll's batches to
             # decode while the next poll runs; with nothing new, apply everything

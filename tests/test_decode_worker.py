@@ -241,3 +241,61 @@ def test_impressions_restored_with_feature_dicts_wait_as_rows(tmp_path) -> None:
     assert all(isinstance(r, bytes) for r in rows)
     got = rows_matrix(rows, len(daemon.interner.fields))
     assert got.tolist() == Interner().encode([{"f": "x", "g": 2}, {"f": "y"}]).hashes.tolist()
+
+
+def _pipeline_run(tmp_path, name: str, polls: list, kill_at: int | None) -> tuple[dict, list]:
+    """Feed ``polls`` (``{tp: records}`` each) to a daemon's batch pipeline, no broker: with a
+    worker killed at its ``kill_at``-th collect (None: no worker). Returns the scores and every
+    offset a shard held after each poll."""
+    from daemon.config import load_settings
+    from daemon.runloop import Daemon
+
+    settings = load_settings(env={}).with_overrides(state_dir=str(tmp_path / name), gates=False)
+    daemon = Daemon(settings, CollectorRegistry())
+    seen: list = []
+    if kill_at is not None:
+        daemon.decoder = DecodeWorker(daemon.limits, daemon.interner)
+        calls = {"n": 0}
+        collect = daemon.decoder.collect
+
+        def killing_collect() -> tuple:
+            calls["n"] += 1
+            if calls["n"] == kill_at:
+                os.kill(daemon.decoder.pid, signal.SIGKILL)  # type: ignore[union-attr]
+            return collect()
+
+        daemon.decoder.collect = killing_collect  # type: ignore[method-assign]
+    try:
+        for batch in [*polls, {}]:  # an empty poll applies what is left in flight
+            daemon._take(batch)
+            seen.append({k: v for s in daemon.shards.values() for k, v in s.offsets.items()})
+    finally:
+        if daemon.decoder is not None:
+            daemon.decoder.close(timeout_s=1.0)
+    assert not daemon._in_flight
+    return {f.name: (f.mi, f.examples, f.cardinality) for f in daemon.global_mi().scores()}, seen
+
+
+def test_a_worker_dying_mid_stream_leaves_batches_applied_in_order(tmp_path) -> None:
+    """Whichever collect the worker dies in, every batch is applied once and in partition order."""
+    from kafka import TopicPartition
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    cfg = GeneratorConfig(seed=6, n_impressions=2500, preset="small", event_rate=20.0)
+    tps = {"Impression": TopicPartition("i", 0), "Click": TopicPartition("c", 0)}
+    records: dict = {tp: [] for tp in tps.values()}
+    for ev in generate(cfg):
+        tp = tps[type(ev).__name__]
+        records[tp].append(ConsumerRecord(tp.topic, 0, 0, len(records[tp]), ev.ts, 0, None, encode(ev),
+                                          [], None, 0, 0, 0))
+    step = {tps["Impression"]: 300, tps["Click"]: 12}
+    polls = [{tp: r[k * step[tp] : (k + 1) * step[tp]] for tp, r in records.items()
+              if r[k * step[tp] : (k + 1) * step[tp]]} for k in range(9)]
+    assert sum(len(r) for p in polls for r in p.values()) == sum(map(len, records.values()))
+    want, _ = _pipeline_run(tmp_path, "loop", polls, kill_at=None)
+    for kill_at in range(1, 8):
+        got, seen = _pipeline_run(tmp_path, f"k{kill_at}", polls, kill_at)
+        for before, after in zip(seen, seen[1:]):  # no offset ever goes back
+            assert all(after[k] >= v for k, v in before.items()), kill_at
+        assert seen[-1] == {(tp.topic, 0): len(r) for tp, r in records.items()}, kill_at
+        assert got == want, kill_at
