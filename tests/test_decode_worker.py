@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from itertools import pairwise
 
 import numpy as np
 import orjson
@@ -295,7 +296,7 @@ def test_a_worker_dying_mid_stream_leaves_batches_applied_in_order(tmp_path) -> 
     want, _ = _pipeline_run(tmp_path, "loop", polls, kill_at=None)
     for kill_at in range(1, 8):
         got, seen = _pipeline_run(tmp_path, f"k{kill_at}", polls, kill_at)
-        for before, after in zip(seen, seen[1:]):  # no offset ever goes back
+        for before, after in pairwise(seen):  # no offset ever goes back
             assert all(after[k] >= v for k, v in before.items()), kill_at
         assert seen[-1] == {(tp.topic, 0): len(r) for tp, r in records.items()}, kill_at
         assert got == want, kill_at
