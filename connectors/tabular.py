@@ -293,7 +293,8 @@ class _CsvBytes:
 
     def _emit_rows(self, table: list[list[str]], labels: list[int], numbers: list[int],
                    ) -> Iterator[tuple[EncodedBatch, np.ndarray, np.ndarray]]:
-        hashed, names = [], []
+        hashed: list[tuple[np.ndarray, Callable[[int], Any]]] = []
+        names: list[str] = []
         for j, col in enumerate(zip(*table, strict=True)):
             values = [v if v != "" else None for v in col]
             if j == self.li or values.count(None) == len(values):
@@ -554,7 +555,7 @@ def score_file(path: str, label: str | None = None, pairs: bool = False, config:
                                  window_ms, False)[0].state
         field_scores = {s.name: s for s in scores}
         pair_scores = pair_state.pair_scores(field_scores)
-        redundant = {}
+        redundant: dict[str, str] = {}
         for p in pair_scores:
             if p.nmi >= cfg.redundancy_threshold:
                 a, b = (field_scores[f] for f in p.fields)

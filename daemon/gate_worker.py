@@ -42,7 +42,7 @@ class GateTrainer:
 
     def __init__(
         self,
-        model_factory: Callable[[], Any],
+        model_factory: Callable[..., Any],  # () or (restored snapshot) -> model
         queue_batches: int = 64,
         torch_threads: int = 1,
         on_trained: Callable[[int], None] | None = None,
