@@ -77,7 +77,38 @@ def make_consumer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaConsumer:
         **endpoint.options(),
         **overrides,
     }
-    return KafkaConsumer(**opts)
+    consumer = KafkaConsumer(**opts)
+    _keep_metadata_rejoins(consumer)
+    return consumer
+
+
+def _keep_metadata_rejoins(consumer: KafkaConsumer) -> None:
+    """Make a rejoin that metadata asked for stay asked for until the join completes.
+
+    kafka-python 3.0 (3.0.12 checked) decides a group leader must rejoin when the topics'
+    metadata no longer matches what it assigned from, but keeps no record of that decision: the
+    leader's new assignment copies the metadata, so from then on ``need_rejoin()`` says no.
+    When that JoinGroup is answered while the caller is not inside ``poll()`` (it was processing a
+    batch, or its poll timed out first), no later poll awaits the join: the member stays
+    "rebalancing" with its heartbeat off, the broker expels it after the session timeout and
+    the consumer never fetches again. New partitions on an input topic, or topics created just
+    before the daemon starts, lead there. Java's client records the request (``requestRejoin``),
+    and so do we; a client without these internals is left as it is.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not all(
+        hasattr(coordinator, name) for name in ("_assignment_snapshot", "_metadata_snapshot", "request_rejoin")
+    ):
+        return
+    need_rejoin = coordinator.need_rejoin
+
+    def need_rejoin_recorded() -> bool:
+        snapshot = coordinator._assignment_snapshot
+        if snapshot is not None and snapshot != coordinator._metadata_snapshot:
+            coordinator.request_rejoin()
+        return bool(need_rejoin())
+
+    coordinator.need_rejoin = need_rejoin_recorded
 
 
 def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
