@@ -301,6 +301,22 @@ def wait_for_topics(consumer: KafkaConsumer, topics: Iterable[str], timeout_s: f
         time.sleep(0.2)
 
 
+def subscribe(consumer: KafkaConsumer, topics: Sequence[str], listener: Any = None) -> None:
+    """Subscribe, then refresh metadata so that the group's first assignment is made from it.
+
+    kafka-python's coordinator takes its picture of the subscribed partitions from metadata
+    responses that arrive after ``subscribe``; a leader that joins before one arrives assigns
+    from an empty picture and must rejoin when it does: a second rebalance a fraction of a
+    second into every start, which throws away the first batches read. If the refresh fails
+    (the broker went away), that second rebalance is all it costs.
+    """
+    consumer.subscribe(list(topics), listener=listener)
+    try:
+        consumer.topics()
+    except KafkaError as exc:
+        log.debug("metadata refresh after subscribe failed: %s", exc)
+
+
 def end_offsets(consumer: KafkaConsumer, partitions: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
     return dict(consumer.end_offsets(list(partitions))) if partitions else {}
 

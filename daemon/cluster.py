@@ -34,7 +34,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from kafka.errors import KafkaError
 
-from connectors.kafka_io import KafkaEndpoint, make_consumer
+from connectors.kafka_io import KafkaEndpoint, make_consumer, subscribe
 from connectors.stats import StatsPublisher, StatsView, gates_key, policy_key, shard_key
 from daemon.config import Settings
 from daemon.shards import ShardState
@@ -93,7 +93,7 @@ class Coordinator:
             partition_assignment_strategy=[StickyPartitionAssignor],
         )
         try:
-            elector.subscribe([s.control_topic], listener=_Elect(self))
+            subscribe(elector, [s.control_topic], listener=_Elect(self))
             while not self._stop.is_set():
                 try:
                     elector.poll(timeout_ms=500)

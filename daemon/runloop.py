@@ -51,6 +51,7 @@ from connectors.kafka_io import (
     forget_connection_failures,
     make_admin,
     make_consumer,
+    subscribe,
     wait_for_topics,
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
@@ -399,7 +400,7 @@ class Daemon:
                     wait_for_topics(self.consumer, self.s.input_topics, timeout_s=TOPIC_WAIT_S)
                 except TimeoutError as exc:
                     log.warning("%s; subscribing anyway (their partitions are assigned when they appear)", exc)
-                self.consumer.subscribe(self.s.input_topics, listener=_Rebalance(self))
+                subscribe(self.consumer, self.s.input_topics, listener=_Rebalance(self))
                 if self.publisher is not None:
                     self.metrics.mask_epoch.set(self.publisher.epoch)
                 self.kafka_ok = True
