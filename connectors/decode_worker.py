@@ -54,9 +54,39 @@ _IMP, _CLICK, _LABELED = 0, 1, 2
 ROW_DTYPE = np.dtype("<u8")
 
 
+CHUNK = 1000  # records decoded and hashed together (see decode_rows)
+_MISSING_CELL = MISSING.to_bytes(8, "little")
+
+
 def decode_rows(raws: Sequence[bytes | None], limits: Limits, interner: Interner
                 ) -> tuple[list[Event], list[tuple[int, EventError]], int]:
-    """Decode and hash a batch: ``(events, bad, width)``; ``width`` columns per row."""
+    """Decode and hash a batch: ``(events, bad, width)``; ``width`` columns per row.
+
+    A poll's batch (up to 10 000 records) is taken :data:`CHUNK` records at a time: hashing
+    walks the decoded values a column at a time, and a chunk's objects (~5 kB an event) are
+    still in the CPU's cache from decoding, where a whole batch's are not (measured: ~20% less
+    time per event than one pass over 10 000).
+    """
+    if len(raws) <= CHUNK:
+        return _decode_chunk(raws, limits, interner)
+    events: list[Event] = []
+    bad: list[tuple[int, EventError]] = []
+    first_width = width = len(interner.fields)
+    for start in range(0, len(raws), CHUNK):
+        chunk_events, chunk_bad, width = _decode_chunk(raws[start : start + CHUNK], limits, interner)
+        events += chunk_events
+        bad += [(start + i, err) for i, err in chunk_bad]
+    if width != first_width:  # a chunk admitted new fields: earlier rows hold them as missing
+        step = 8 * width
+        for ev in events:
+            row = ev.features
+            if row.__class__ is bytes and len(row) < step:  # type: ignore[arg-type]
+                ev.features = row + _MISSING_CELL * ((step - len(row)) // 8)  # type: ignore[assignment,operator]
+    return events, bad, width
+
+
+def _decode_chunk(raws: Sequence[bytes | None], limits: Limits, interner: Interner
+                  ) -> tuple[list[Event], list[tuple[int, EventError]], int]:
     events, bad = decode_many(raws, limits)
     with_features = [ev for ev in events if ev.__class__ is not Click]
     for ev in events:

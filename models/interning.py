@@ -4,7 +4,7 @@ The hash (``fs64``, version :data:`HASH_VERSION`) is a fixed function of the
 value, with no per-process salt, so the same value gets the same hash in every
 process, shard and restart (this is what makes MI states of different
 instances mergeable and gate rows stable). It is computed with whole-column
-NumPy operations (:func:`hash_column`, :func:`hash_utf8_cells`);
+NumPy operations (:func:`hash_columns`, :func:`hash_column`, :func:`hash_utf8_cells`);
 :func:`value_hash` is the same function written per value in plain Python and
 is its specification (tests/test_mi.py checks that the two agree on mixed
 columns). With ``fmix(x)`` the splitmix64 finaliser on 64 bits and every sum
@@ -44,7 +44,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import chain, compress
 from typing import Any
 
 import numpy as np
@@ -249,6 +249,98 @@ def hash_column(values: Sequence[Any]) -> np.ndarray:
     return out
 
 
+def hash_joined_strs(text: str, count: int, tag: int = T_STR) -> np.ndarray | None:
+    """:func:`value_hash` of the ``count`` strings that ``"\\0".join`` made ``text`` of, or None
+    when ``text`` holds another number of NULs (a value contained one).
+
+    One pass over the UTF-8 bytes of all of them, however their lengths differ: every byte's
+    product with the key of its place in its value, summed per value by ``np.add.reduceat``
+    (a separator is a zero byte and adds nothing, so each value's sum can run over the separator
+    that ends it). This is what lets every string column of a batch be hashed at once.
+    """
+    buf = np.frombuffer((text + "\0").encode("utf-8", "surrogatepass"), np.uint8)
+    ends = np.flatnonzero(buf == 0)
+    if len(ends) != count:
+        return None
+    starts = np.empty(count, np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts
+    place = np.arange(len(buf), dtype=np.int64) - np.repeat(starts, lengths + 1)
+    acc = np.add.reduceat(buf * _keys(int(lengths.max()) + 1)[place], starts)  # wraps mod 2**64
+    return _vfmix(acc ^ _vfmix(lengths.astype(np.uint64) ^ np.uint64(tag)))
+
+
+_BATCHED_KINDS = (int, float, bool)
+
+
+def hash_columns(columns: Sequence[Sequence[Any]]) -> list[np.ndarray]:
+    """:func:`hash_column` of each column, a type at a time across the columns.
+
+    A batch of ~40 fields is ~40 short columns, and one column's NumPy calls cost more than its
+    values do; here the strings of every column are hashed in one :func:`hash_joined_strs`, and
+    the ints, floats and bools of every column in one call per type. Only the Python-level
+    passes (a ``join`` that checks the type, a scan for missing values) stay per column; a
+    column of mixed types takes :func:`hash_column`.
+    """
+    out: list[np.ndarray | None] = [None] * len(columns)
+    texts: list[str] = []
+    placed: dict[type, list[tuple[int, Sequence[Any], np.ndarray | None]]] = {str: [], int: [], float: [], bool: []}
+    strs = placed[str]
+    for j, col in enumerate(columns):
+        n = len(col)
+        if n == 0:
+            out[j] = np.empty(0, np.uint64)
+            continue
+        if col[0].__class__ is str:
+            try:
+                texts.append("\0".join(col))
+                strs.append((j, col, None))
+                continue
+            except TypeError:
+                pass
+        present = [v is not None for v in col]
+        values: Sequence[Any] = list(compress(col, present))
+        if not values:
+            out[j] = np.full(n, MISSING, dtype=np.uint64)
+            continue
+        where = np.fromiter(present, bool, n) if len(values) < n else None
+        if values[0].__class__ is str:
+            try:
+                texts.append("\0".join(values))
+                strs.append((j, values, where))
+                continue
+            except TypeError:
+                pass
+        kinds = set(map(type, values))
+        kind = kinds.pop() if len(kinds) == 1 else None
+        if kind in _BATCHED_KINDS:
+            placed[kind].append((j, values, where))  # type: ignore[index]
+        else:
+            out[j] = hash_column(col)
+    for kind, group in placed.items():
+        if not group:
+            continue
+        total = sum(len(values) for _, values, _ in group)
+        if kind is str:
+            hashed = hash_joined_strs("\0".join(texts), total)
+            if hashed is None:  # a value with a NUL in it: column by column
+                hashed = np.concatenate([_hash_strs(values) for _, values, _ in group])
+        else:
+            hashed = _hash_same_kind(kind, list(chain.from_iterable(values for _, values, _ in group)))
+        at = 0
+        for j, values, where in group:
+            part = hashed[at : at + len(values)]
+            at += len(values)
+            if where is None:
+                out[j] = part
+            else:
+                full = np.full(len(where), MISSING, dtype=np.uint64)
+                full[where] = part
+                out[j] = full
+    return out  # type: ignore[return-value]
+
+
 def display(value: Any) -> str:
     """How a value is named in a mask message (JSON spelling for non-strings)."""
     if value.__class__ is str:
@@ -379,7 +471,8 @@ class Interner:
 
     def encode_columns(self, names: Sequence[str], columns: Sequence[Sequence[Any]], n: int) -> EncodedBatch:
         """Hash ``n`` examples given column-wise: ``columns[k]`` holds field ``names[k]``'s values."""
-        return self.encode_hashed(names, [(hash_column(col), col.__getitem__) for col in columns], n)
+        hashed = hash_columns(columns)
+        return self.encode_hashed(names, [(h, col.__getitem__) for h, col in zip(hashed, columns, strict=True)], n)
 
     def encode_hashed(self, names: Sequence[str], hashed: Sequence[tuple[np.ndarray, Callable[[int], Any]]],
                       n: int) -> EncodedBatch:

@@ -17,7 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.codec import DEFAULT_LIMITS, Click, Impression, Labeled, encode
-from connectors.decode_worker import DecodeWorker, DecodeWorkerError, decode_rows, rows_matrix
+from connectors.decode_worker import (
+    DecodeWorker,
+    DecodeWorkerError,
+    decode_rows,
+    from_wire,
+    rows_matrix,
+    to_wire,
+)
 from connectors.synthetic import GeneratorConfig, generate
 from models.interning import MISSING, Interner
 
@@ -76,6 +83,32 @@ def test_the_worker_decodes_exactly_like_the_loop() -> None:
     assert mirror.fields == here.fields and "late" in here.fields
     assert _names(mirror) == _names(here)
     assert here._names[here.column("late")].names is None  # 41 values > 16: forgotten on both sides
+
+
+def test_a_batch_is_decoded_in_chunks_like_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of a poll's batch give the events, errors and rows one pass gives, also when a
+    later chunk admits a field (the rows of earlier chunks are widened with it missing)."""
+    from connectors import decode_worker
+
+    batch = [r for b in _batches() for r in b]
+    one_interner, chunked_interner = Interner(names_per_column=16), Interner(names_per_column=16)
+    one_pass = decode_rows(batch, DEFAULT_LIMITS, one_interner)
+    monkeypatch.setattr(decode_worker, "CHUNK", 300)
+    chunked = decode_rows(batch, DEFAULT_LIMITS, chunked_interner)
+    assert chunked[2] == one_pass[2] == len(chunked_interner.fields)
+    assert [(i, e.reason) for i, e in chunked[1]] == [(i, e.reason) for i, e in one_pass[1]]
+
+    def by_name(events: list, fields: list[str]) -> dict[str, list[int]]:
+        m = rows_matrix([e.features for e in events if e.features is not None], len(fields))
+        return {name: m[:, k].tolist() for k, name in enumerate(fields)}
+
+    # compared by name: chunks may give columns in another order than one sorted pass
+    cols = chunked_interner.fields
+    ours = by_name(chunked[0], cols)
+    assert ours == by_name(one_pass[0], one_interner.fields)
+    assert set(ours["late"][:2000]) == {MISSING} and set(ours["late"]) != {MISSING}
+    shipped, _ = from_wire(to_wire(chunked[0], chunked[1], chunked[2], []))  # rows of one width
+    assert by_name(shipped, cols) == ours
 
 
 def test_rows_read_later_columns_as_missing() -> None:
