@@ -290,7 +290,7 @@ class Daemon:
             if len(os.sched_getaffinity(0)) < 2:
                 log.warning("decode_process is on with one usable core: the worker competes with the poll "
                             "loop (set FEATSIEVE_DECODE_PROCESS=false to decode in the loop)")
-            self.decoder = DecodeWorker(self.limits, self.interner)  # starts while we connect
+            self.decoder = DecodeWorker(self.limits, self.interner, GC_THRESHOLDS)  # starts while we connect
         self._connect()
         self._start_connection_watch()
         self._start_gates()
@@ -617,9 +617,16 @@ class Daemon:
                     # a worker that failed may have left batches in flight: they are older
                     self._apply_in_flight()
                     self._process_partition(tp, records)
-            # apply what was handed over before this poll, and leave this poll's batches to
-            # decode while the next poll runs; with nothing new, apply everything
-            self._apply_in_flight(keep=min(submitted, len(self._in_flight)))
+            if self.decoder is None:
+                self._apply_in_flight()
+            elif submitted:
+                # keep the worker busy: apply what it has finished and poll on while it decodes
+                # the rest (submit() waited for the oldest when max_in_flight were out)
+                while self._in_flight and self.decoder.ready():
+                    self._apply_in_flight(keep=len(self._in_flight) - 1)
+            else:
+                # nothing new in this poll: wait for the oldest batch (the next poll does not block)
+                self._apply_in_flight(keep=max(len(self._in_flight) - 1, 0))
 
     def _submit(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:
         """Hand a batch to the decoder (1), or decode and apply it here if there is none (0)."""

@@ -85,6 +85,31 @@ def test_the_worker_decodes_exactly_like_the_loop() -> None:
     assert here._names[here.column("late")].names is None  # 41 values > 16: forgotten on both sides
 
 
+def test_batches_larger_than_the_shared_regions_grow_them() -> None:
+    """A batch of ~3 MB (the regions start at 1 MB) in and ~1.5 MB of rows out, twice per slot;
+    ready() tells when the oldest batch is back."""
+    from connectors.decode_worker import Region
+
+    cfg = GeneratorConfig(seed=5, n_impressions=5000, preset="default", event_rate=20.0)
+    big = [encode(ev) for ev in generate(cfg)]
+    assert sum(map(len, big)) > 2 * Region.INITIAL
+    here, mirror = Interner(), Interner()
+    worker = DecodeWorker(DEFAULT_LIMITS, mirror)
+    try:
+        assert not worker.ready()  # nothing in flight
+        for round_ in range(2 * worker.max_in_flight):
+            batch = big[round_ * 100 :] + [None]  # a tombstone at the end
+            worker.submit(batch)
+            while not worker.ready():
+                pass
+            events, bad, width = worker.collect()
+            want_events, want_bad, want_width = decode_rows(batch, DEFAULT_LIMITS, here)
+            assert _flat(events) == _flat(want_events) and width == want_width
+            assert [(i, e.reason) for i, e in bad] == [(i, e.reason) for i, e in want_bad] == [(len(batch) - 1, "empty")]
+    finally:
+        worker.close()
+
+
 def test_a_batch_is_decoded_in_chunks_like_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of a poll's batch give the events, errors and rows one pass gives, also when a
     later chunk admits a field (the rows of earlier chunks are widened with it missing)."""
