@@ -85,6 +85,18 @@ def test_the_worker_decodes_exactly_like_the_loop() -> None:
     assert here._names[here.column("late")].names is None  # 41 values > 16: forgotten on both sides
 
 
+@pytest.mark.parametrize("chunk", [300, 1000])
+def test_the_workers_wire_path_equals_decode_rows_then_to_wire(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors import decode_worker
+
+    monkeypatch.setattr(decode_worker, "CHUNK", chunk)
+    one, other = Interner(names_per_column=16), Interner(names_per_column=16)
+    for batch in [*_batches(), [], [None]]:
+        want = to_wire(*decode_rows(batch, DEFAULT_LIMITS, one), [])
+        assert decode_worker.decode_wire(batch, DEFAULT_LIMITS, other) == want
+    assert one.fields == other.fields and _names(one) == _names(other)
+
+
 def test_batches_larger_than_the_shared_regions_grow_them() -> None:
     """A batch of ~3 MB (the regions start at 1 MB) in and ~1.5 MB of rows out, twice per slot;
     ready() tells when the oldest batch is back."""
