@@ -236,8 +236,8 @@ class Settings:
     origins: Mapping[str, str]
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
+        try:  # through __dict__: an instance being unpickled has no values yet
+            return self.__dict__["values"][name]
         except KeyError:
             raise AttributeError(name) from None
 

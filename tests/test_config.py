@@ -103,3 +103,14 @@ def test_secrets_are_not_flags() -> None:
     p = argparse.ArgumentParser()
     add_setting_flags(p)
     assert "--kafka-sasl-password " not in p.format_help()
+
+
+def test_settings_survive_pickling() -> None:
+    """The bench hands settings to each pass's own process by pickle."""
+    import pickle
+
+    s = load_settings(env={"FEATSIEVE_GROUP_ID": "g1", "FEATSIEVE_KAFKA_SASL_PASSWORD": "pw"})
+    back = pickle.loads(pickle.dumps(s))
+    assert back == s and back.group_id == "g1" and back.kafka_sasl_password.reveal() == "pw"
+    with pytest.raises(AttributeError):
+        back.no_such_setting  # noqa: B018
