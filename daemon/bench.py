@@ -149,6 +149,8 @@ def daemon_pass(settings: Settings, topics: tuple[str, str], gates: bool, expect
             out["gate_examples"] = daemon.trainer.trained
             out["gate_sampling_rate"] = daemon.trainer.sampling_rate
             out["gate_skipped_examples"] = daemon.trainer.skipped
+            # trained after the last batch was applied: the queue's backlog, trained at shutdown
+            out["gate_backlog_examples"] = daemon.trainer.trained - daemon.trained_at_last_batch
         return out
 
 
@@ -213,6 +215,10 @@ def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
         "ceiling_events_per_s": ceil,
         "ceiling_default_gc_events_per_s": median("ceiling_default_gc"),
         "ratio_vs_default_gc_ceiling": median("off") / median("ceiling_default_gc"),
+        "ratio_gates_on_vs_default_gc_ceiling": median("on") / median("ceiling_default_gc"),
+        # wall clock, start-up and the final checkpoint included (with gates: the training backlog)
+        "wall_ratio_gates_on_vs_default_gc_ceiling": (median("on", "wall_events_per_s")
+                                                      / median("ceiling_default_gc", "wall_events_per_s")),
         "daemon_gates_off_events_per_s": median("off"),
         "daemon_gates_off_in_loop_events_per_s": median("off_in_loop"),
         "daemon_gates_on_events_per_s": median("on"),
@@ -233,6 +239,7 @@ def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
         "gate_sampling_rate": on_last.get("gate_sampling_rate"),
         "gate_examples": on_last.get("gate_examples"),
         "gate_skipped_examples": on_last.get("gate_skipped_examples"),
+        "gate_backlog_examples": on_last.get("gate_backlog_examples"),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg()[0],
         # each pass runs in a process of its own (isolated()): the largest of those, and per event

@@ -142,6 +142,7 @@ class Daemon:
         # latest batch was processed: the steady-state window that `featsieve bench e2e` reports
         self.first_records_at: float | None = None
         self.last_batch_done_at: float | None = None
+        self.trained_at_last_batch = 0  # gate examples trained when the last batch was applied (bench)
         self.events_since_checkpoint = 0
         self.last_checkpoint_wall: float | None = None
         self.last_checkpoint_mono = clock()
@@ -596,6 +597,8 @@ class Daemon:
                 batch = {}
             self._take(batch)
         self.last_batch_done_at = time.perf_counter()
+        if self.trainer is not None:
+            self.trained_at_last_batch = self.trainer.trained
 
     def _take(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Hand this poll's batches to the decoder (or decode them here) and apply earlier ones."""

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +117,18 @@ def test_label_pure_small_batches_are_harmless_once_recut() -> None:
     assert bad["logloss_ungated"] > 0.25 and bad["logloss_gated"] > 0.25, bad
     assert recut["logloss_gated"] < 0.15 and recut["logloss_ungated"] < 0.15, recut
     assert recut["logloss_gated"] <= recut["logloss_ungated"] + 0.005, recut
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_the_trainer_thread_runs_at_a_lower_priority_than_the_loop() -> None:
+    """When the cores are busy the poll loop and the decode worker come first; the trainer's
+    queue then fills and its sampling rate, reported, drops (test above) instead of the loop's rate."""
+    from daemon.gate_worker import GATE_THREAD_NICE
+
+    trainer = _trainer(64)
+    try:
+        ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert trainer._thread.native_id is not None
+        assert os.getpriority(os.PRIO_PROCESS, trainer._thread.native_id) == min(ours + GATE_THREAD_NICE, 19)
+    finally:
+        trainer.stop()
