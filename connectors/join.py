@@ -33,6 +33,7 @@ reason ``ts_out_of_range`` for the dead-letter queue.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
@@ -103,6 +104,10 @@ class JoinBuffer:
         self.max_pending_clicks = int(max_pending_clicks or max(1000, max_pending // 10))
         # id -> (ts, features); features None once matched (kept only to spot duplicate clicks)
         self._imps: dict[str, tuple[int, Features | None]] = {}
+        # (ts, id) of every pending impression, in two parts: those that arrived in (ts, id) order,
+        # a sorted deque (append and popleft, no sifting), and the rest, a heap; the oldest is
+        # the smaller of the two heads. Most streams are nearly ordered, so the heap stays small.
+        self._imp_run: deque[tuple[int, str]] = deque()
         self._imp_heap: list[tuple[int, str]] = []
         # id -> click timestamps waiting for their impression; the heap may hold stale entries
         self._clicks: dict[str, list[int]] = {}
@@ -211,7 +216,11 @@ class JoinBuffer:
                 out.append(Example(t, ev.features, 1))
                 feats = None
         imps[ident] = (t, feats)
-        heappush(self._imp_heap, (t, ident))
+        run = self._imp_run
+        if not run or (t, ident) > run[-1]:
+            run.append((t, ident))
+        else:
+            heappush(self._imp_heap, (t, ident))
         if len(imps) > self.max_pending:
             self._evict_impression(out)
 
@@ -243,8 +252,14 @@ class JoinBuffer:
         if self._n_clicks > self.max_pending_clicks:
             self._pop_click(evicted=True)
 
+    def _pop_oldest_impression(self) -> tuple[int, str]:
+        run, heap = self._imp_run, self._imp_heap
+        if heap and (not run or heap[0] < run[0]):
+            return heappop(heap)
+        return run.popleft()
+
     def _evict_impression(self, out: list[Example]) -> None:
-        t, ident = heappop(self._imp_heap)
+        t, ident = self._pop_oldest_impression()
         _, feats = self._imps.pop(ident)
         self._c["evicted"] += 1
         if feats is not None:
@@ -277,14 +292,22 @@ class JoinBuffer:
         out: list[Example] = []
         if wm is None:
             return out
-        heap, imps = self._imp_heap, self._imps
+        run, heap, imps = self._imp_run, self._imp_heap, self._imps
         limit = wm - self.window_ms  # open while t + window >= watermark
         neg = 0
-        while heap and heap[0][0] < limit:
-            t, ident = heappop(heap)
-            _, feats = imps.pop(ident)
+        append = out.append
+        while True:
+            if heap and (not run or heap[0] < run[0]):
+                if heap[0][0] >= limit:
+                    break
+                t, ident = heappop(heap)
+            elif run and run[0][0] < limit:
+                t, ident = run.popleft()
+            else:
+                break
+            feats = imps.pop(ident)[1]
             if feats is not None:
-                out.append(Example(t, feats, 0))
+                append(Example(t, feats, 0))
                 neg += 1
         self._c["negatives"] += neg
         climit = wm - self.lateness_ms
@@ -301,10 +324,12 @@ class JoinBuffer:
         """End of input: emit every unmatched pending impression as a negative, in (ts, id) order,
         and count every waiting click as an orphan. Leaves the buffer empty."""
         imps = self._imps
-        out = [Example(t, f, 0) for t, i in sorted(self._imp_heap) if (f := imps[i][1]) is not None]
+        pending = sorted([*self._imp_run, *self._imp_heap])
+        out = [Example(t, f, 0) for t, i in pending if (f := imps[i][1]) is not None]
         self._c["negatives"] += len(out)
         self._c["orphan_clicks"] += self._n_clicks
         self._imps.clear()
+        self._imp_run.clear()
         self._imp_heap.clear()
         self._clicks.clear()
         self._click_heap.clear()
@@ -356,8 +381,7 @@ class JoinBuffer:
             )
         buf = cls(**snap["config"])
         buf._imps = {i: (int(t), f) for i, t, f in snap["impressions"]}
-        buf._imp_heap = [(t, i) for i, (t, _) in buf._imps.items()]
-        heapify(buf._imp_heap)
+        buf._imp_run = deque(sorted((t, i) for i, (t, _) in buf._imps.items()))
         buf._clicks = {i: [int(ct) for ct in cts] for i, cts in snap["clicks"]}
         buf._click_heap = [(ct, i) for i, cts in buf._clicks.items() for ct in cts]
         heapify(buf._click_heap)

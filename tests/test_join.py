@@ -230,3 +230,49 @@ def test_restore_rejects_unknown_format() -> None:
     snap["format"] = 99
     with pytest.raises(ValueError):
         JoinBuffer.restore(snap)
+
+
+def _shuffled_impressions(seed: int, jitter: int, n: int = 400) -> list[Event]:
+    rng = random.Random(seed)
+    out: list[Event] = []
+    for k in range(n):
+        t = 1000 + 10 * (k // 3) + rng.randint(-jitter, jitter)  # three per 10 ms: ties in ts
+        ident = f"i{rng.randrange(10**6)}.{k}"  # ids that do not sort like arrival
+        out.append(Impression(ident, t, {"id": ident}))
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from([0, 3, 30]), st.booleans())
+def test_negatives_come_out_in_ts_id_order_whatever_the_arrival_order(seed: int, jitter: int,
+                                                                      restore_midway: bool) -> None:
+    """Pending impressions are kept as an ordered run plus a heap for those that arrive out of
+    order: negatives still come out in (ts, id) order, also across a snapshot and restore."""
+    imps = _shuffled_impressions(seed, jitter)
+    b = buf()
+    out: list[Example] = []
+    for start in range(0, len(imps), 25):
+        out += b.process(imps[start : start + 25], IMP).examples
+        out += b.process([Labeled(imps[min(start + 24, len(imps) - 1)].ts, {"id": ""}, 1)], CLK).examples
+        out += b.expire()
+        if restore_midway and start == 200:
+            b = JoinBuffer.restore(pickle.loads(pickle.dumps(b.snapshot())))
+    out += b.flush()
+    negatives = [(e.ts, e.features["id"]) for e in out if e.label == 0]  # type: ignore[index]
+    assert negatives == sorted(negatives)
+    assert sorted(negatives) == sorted((e.ts, e.id) for e in imps)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("jitter", [0, 30])
+def test_eviction_emits_the_oldest_pending_impression(jitter: int) -> None:
+    imps = _shuffled_impressions(7, jitter)
+    b = buf(max_pending=50)  # the clicks source never speaks: no watermark, only evictions
+    pending: list[tuple[int, str]] = []
+    for ev in imps:
+        pending.append((ev.ts, ev.id))  # type: ignore[union-attr]
+        want = [min(pending)] if len(pending) > 50 else []
+        if want:
+            pending.remove(want[0])
+        got = [(e.ts, e.features["id"]) for e in b.process([ev], IMP).examples]  # type: ignore[index]
+        assert got == want
+    assert [(e.ts, e.features["id"]) for e in b.flush()] == sorted(pending)  # type: ignore[index]
