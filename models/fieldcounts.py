@@ -41,12 +41,27 @@ def _runs(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[starts], np.diff(np.append(starts, len(ordered)))
 
 
+def _union_sorted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The union of two sorted arrays of distinct values, sorted (``np.union1d`` without its
+    general-purpose unique: two sorted runs merge in one stable sort)."""
+    if len(b) == 0:
+        return a
+    if len(a) == 0:
+        return b
+    both = np.concatenate((a, b))
+    both.sort(kind="stable")
+    keep = np.empty(len(both), dtype=bool)
+    keep[0] = True
+    np.not_equal(both[1:], both[:-1], out=keep[1:])
+    return both[keep]
+
+
 def _value_counts(hashes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct ``hashes`` and their ``[negatives, positives]``: a sort per label (no argsort)."""
     y = np.asarray(labels) != 0
     v0, c0 = _runs(np.sort(hashes[~y]))
     v1, c1 = _runs(np.sort(hashes[y]))
-    values = v0 if len(v1) == 0 else np.union1d(v0, v1)
+    values = _union_sorted(v0, v1)
     counts = np.zeros((len(values), 2), dtype=np.int64)
     counts[np.searchsorted(values, v0), 0] = c0
     counts[np.searchsorted(values, v1), 1] = c1
@@ -85,7 +100,12 @@ class FieldCounts:
     def _add_exact(self, values: np.ndarray, counts: np.ndarray) -> None:
         """Add counts of sorted distinct ``values``; switches to hashed mode when too many."""
         assert self.keys is not None
-        keys = np.union1d(self.keys, values)
+        if len(self.keys) and len(values):
+            at = np.searchsorted(self.keys, values)
+            if at[-1] < len(self.keys) and np.array_equal(self.keys[at], values):
+                self.counts[at] += counts  # every value known already (values are distinct)
+                return
+        keys = _union_sorted(self.keys, values)
         if len(keys) > self.max_values:
             self._fold()
             self._add_folded(values, counts)

@@ -357,3 +357,12 @@ def test_interner_refuses_a_snapshot_of_another_hash() -> None:
     del snap["hash"]  # written before the hash had a version
     with pytest.raises(HashVersionError):
         Interner.restore(snap)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sets(st.integers(0, 2**64 - 1), max_size=30), st.sets(st.integers(0, 2**64 - 1), max_size=30))
+def test_union_of_sorted_runs_equals_union1d(a: set[int], b: set[int]) -> None:
+    from models.fieldcounts import _union_sorted
+
+    x, y = np.array(sorted(a), np.uint64), np.array(sorted(b), np.uint64)
+    assert _union_sorted(x, y).tolist() == np.union1d(x, y).tolist()
