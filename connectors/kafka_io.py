@@ -8,6 +8,7 @@ all of them and secrets are handed to kafka-python only at construction.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,52 @@ class KafkaEndpoint:
         }
 
 
+RECV_BYTES = 256 * 1024  # what one socket read may return (kafka-python 3.0 asks for 4 KB)
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def _read_available(transport: Any) -> tuple[bytes, Exception | None]:
+    """Everything the transport's socket has now, in reads of up to :data:`RECV_BYTES`; the
+    error, if any, as kafka-python's own reader reports it (the connection is then closed)."""
+    chunks: list[bytes] = []
+    recv = transport._sock.recv
+    while True:
+        try:
+            data = recv(RECV_BYTES)
+        except _WOULD_BLOCK:
+            return b"".join(chunks), None
+        except Exception as exc:  # noqa: BLE001 - handed to the library, which closes the connection
+            log.warning("kafka socket read failed: %s", exc)
+            return b"".join(chunks), KafkaConnectionError(str(exc))
+        if not data:
+            return b"".join(chunks), KafkaConnectionError("socket disconnected")
+        chunks.append(data)
+
+
+def read_sockets_in_large_chunks() -> bool:
+    """Have kafka-python's transports read up to :data:`RECV_BYTES` per call instead of 4 KB.
+
+    kafka-python 3.0 (3.0.12 checked) receives on its I/O thread with ``recv(4096)`` in a loop,
+    and every read must take the GIL back from the poll loop, which holds it while it parses and
+    joins: a 4 MB fetch was ~1000 such hand-offs, up to the interpreter's switch interval
+    (5 ms) each, and the loop sat in ``poll()`` waiting for fetches it had long been sent
+    (docs/internals.md). Returns False when the library has no such reader (left as it is).
+    """
+    try:
+        from kafka.net import transport
+    except ImportError:
+        return False
+    patched = False
+    for cls in (getattr(transport, "KafkaTCPTransport", None), getattr(transport, "KafkaSSLTransport", None)):
+        if cls is not None and hasattr(cls, "_sock_recv") and "_sock_recv" in vars(cls):
+            cls._sock_recv = _read_available
+            patched = True
+    return patched
+
+
 def make_consumer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaConsumer:
     """A consumer with auto-commit off and earliest reset unless overridden."""
+    read_sockets_in_large_chunks()
     opts: dict[str, Any] = {
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -113,6 +158,7 @@ def _keep_metadata_rejoins(consumer: KafkaConsumer) -> None:
 
 def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
     """An idempotent producer, acks=all: nothing published is duplicated or lost on retry."""
+    read_sockets_in_large_chunks()
     opts: dict[str, Any] = {
         "acks": "all",
         "enable_idempotence": True,
@@ -124,6 +170,7 @@ def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
 
 
 def make_admin(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaAdminClient:
+    read_sockets_in_large_chunks()
     return KafkaAdminClient(**{**endpoint.options(), **overrides})
 
 

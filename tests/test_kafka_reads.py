@@ -1,0 +1,47 @@
+"""kafka-python's transports read the socket in large chunks (connectors/kafka_io.py).
+
+The reader is ours; the first test drives it on a real socket pair, the second shows the
+library's transports use it once a client is made.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import SimpleNamespace
+
+from kafka.errors import KafkaConnectionError
+
+from connectors import kafka_io
+
+
+def test_the_reader_returns_all_that_is_there_then_reports_a_closed_peer() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    transport = SimpleNamespace(_sock=ours)
+    try:
+        assert kafka_io._read_available(transport) == (b"", None)  # nothing yet: would block
+        payload = bytes(range(256)) * 12_000  # ~3 MB: many reads of RECV_BYTES
+        sender = threading.Thread(target=theirs.sendall, args=(payload,))
+        sender.start()
+        got = b""
+        while len(got) < len(payload):
+            data, err = kafka_io._read_available(transport)
+            assert err is None
+            got += data
+        sender.join()
+        assert got == payload
+        theirs.close()
+        data, err = kafka_io._read_available(transport)
+        assert data == b"" and isinstance(err, KafkaConnectionError)
+    finally:
+        ours.close()
+
+
+def test_clients_use_the_large_reads() -> None:
+    from kafka.net import transport
+
+    assert kafka_io.read_sockets_in_large_chunks()
+    assert transport.KafkaTCPTransport._sock_recv is kafka_io._read_available
+    assert transport.KafkaSSLTransport._sock_recv is kafka_io._read_available
+    assert kafka_io.RECV_BYTES >= 64 * 1024
