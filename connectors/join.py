@@ -200,10 +200,10 @@ class JoinBuffer:
     def _impression(self, ev: Impression, out: list[Example]) -> None:
         ident, t = ev.id, ev.ts
         imps = self._imps
-        if ident in imps:  # ids are unique by contract; the first one wins
+        entry = (t, ev.features)
+        if imps.setdefault(ident, entry) is not entry:  # ids are unique by contract; the first one wins
             self._c["duplicate_impressions"] += 1
             return
-        feats: Features | None = ev.features
         waiting = self._clicks.pop(ident, None)
         if waiting is not None:
             self._n_clicks -= len(waiting)
@@ -214,13 +214,13 @@ class JoinBuffer:
                 self._c["duplicate_clicks"] += hits - 1
                 self._c["positives"] += 1
                 out.append(Example(t, ev.features, 1))
-                feats = None
-        imps[ident] = (t, feats)
+                imps[ident] = (t, None)  # matched: kept only to spot duplicate clicks
+        key = (t, ident)
         run = self._imp_run
-        if not run or (t, ident) > run[-1]:
-            run.append((t, ident))
+        if not run or key > run[-1]:
+            run.append(key)
         else:
-            heappush(self._imp_heap, (t, ident))
+            heappush(self._imp_heap, key)
         if len(imps) > self.max_pending:
             self._evict_impression(out)
 
