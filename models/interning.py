@@ -274,6 +274,14 @@ def hash_joined_strs(text: str, count: int, tag: int = T_STR) -> np.ndarray | No
 _BATCHED_KINDS = (int, float, bool)
 
 
+def _nul_joined(values: Sequence[Any]) -> str | None:
+    """``"\\0".join(values)``, or None if a value is not a string (the join checks every type)."""
+    try:
+        return "\0".join(values)
+    except TypeError:
+        return None
+
+
 def hash_columns(columns: Sequence[Sequence[Any]]) -> list[np.ndarray]:
     """:func:`hash_column` of each column, a type at a time across the columns.
 
@@ -292,26 +300,20 @@ def hash_columns(columns: Sequence[Sequence[Any]]) -> list[np.ndarray]:
         if n == 0:
             out[j] = np.empty(0, np.uint64)
             continue
-        if col[0].__class__ is str:
-            try:
-                texts.append("\0".join(col))
-                strs.append((j, col, None))
-                continue
-            except TypeError:
-                pass
+        if col[0].__class__ is str and (text := _nul_joined(col)) is not None:
+            texts.append(text)
+            strs.append((j, col, None))
+            continue
         present = [v is not None for v in col]
         values: Sequence[Any] = list(compress(col, present))
         if not values:
             out[j] = np.full(n, MISSING, dtype=np.uint64)
             continue
         where = np.fromiter(present, bool, n) if len(values) < n else None
-        if values[0].__class__ is str:
-            try:
-                texts.append("\0".join(values))
-                strs.append((j, values, where))
-                continue
-            except TypeError:
-                pass
+        if values[0].__class__ is str and (text := _nul_joined(values)) is not None:
+            texts.append(text)
+            strs.append((j, values, where))
+            continue
         kinds = set(map(type, values))
         kind = kinds.pop() if len(kinds) == 1 else None
         if kind in _BATCHED_KINDS:
