@@ -625,7 +625,8 @@ class Daemon:
             elif submitted:
                 # keep the worker busy: apply what it has finished and poll on while it decodes
                 # the rest (submit() waited for the oldest when max_in_flight were out)
-                while self._in_flight and self.decoder.ready():
+                # (a worker that dies in a collect leaves no decoder: the rest is decoded here, next)
+                while self._in_flight and self.decoder is not None and self.decoder.ready():
                     self._apply_in_flight(keep=len(self._in_flight) - 1)
             else:
                 # nothing new in this poll: wait for the oldest batch (the next poll does not block)
