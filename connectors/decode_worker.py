@@ -13,7 +13,7 @@ Both ways of decoding give the same thing (tests/test_decode_worker.py):
   ``bytes`` of its value hashes (little-endian uint64, one per interner column
   at the time; later columns are absent from older rows and read as missing).
   A click's optional features are not joined, so clicks carry none.
-* the worker runs :func:`decode_rows` on a replica of that interner, started
+* the worker runs the same (:func:`decode_wire`) on a replica of that interner, started
   from its snapshot, and ships the result in columns (:class:`WireBatch`), through
   shared memory, together with the interner's journal; :meth:`DecodeWorker.collect` replays the
   journal into the daemon's interner before it rebuilds the events, so the
@@ -56,56 +56,29 @@ _IMP, _CLICK, _LABELED = 0, 1, 2
 ROW_DTYPE = np.dtype("<u8")
 
 
-CHUNK = 1000  # records decoded and hashed together (see decode_rows)
-_MISSING_CELL = MISSING.to_bytes(8, "little")
+CHUNK = 1000  # records decoded and hashed together (see decode_wire)
 
 
 def decode_rows(raws: Sequence[bytes | None], limits: Limits, interner: Interner
                 ) -> tuple[list[Event], list[tuple[int, EventError]], int]:
     """Decode and hash a batch: ``(events, bad, width)``; ``width`` columns per row.
 
-    A poll's batch (up to 10 000 records) is taken :data:`CHUNK` records at a time: hashing
-    walks the decoded values a column at a time, and a chunk's objects (~5 kB an event) are
-    still in the CPU's cache from decoding, where a whole batch's are not (measured: ~20% less
-    time per event than one pass over 10 000).
+    The same as the worker gives (:func:`decode_wire`, then :func:`from_wire`), in this process.
     """
-    if len(raws) <= CHUNK:
-        return _decode_chunk(raws, limits, interner)
-    events: list[Event] = []
-    bad: list[tuple[int, EventError]] = []
-    first_width = width = len(interner.fields)
-    for start in range(0, len(raws), CHUNK):
-        chunk_events, chunk_bad, width = _decode_chunk(raws[start : start + CHUNK], limits, interner)
-        events += chunk_events
-        bad += [(start + i, err) for i, err in chunk_bad]
-    if width != first_width:  # a chunk admitted new fields: earlier rows hold them as missing
-        step = 8 * width
-        for ev in events:
-            row = ev.features
-            if row.__class__ is bytes and len(row) < step:  # type: ignore[arg-type]
-                ev.features = row + _MISSING_CELL * ((step - len(row)) // 8)  # type: ignore[assignment,operator]
-    return events, bad, width
-
-
-def _decode_chunk(raws: Sequence[bytes | None], limits: Limits, interner: Interner
-                  ) -> tuple[list[Event], list[tuple[int, EventError]], int]:
-    events, bad = decode_many(raws, limits)
-    with_features = [ev for ev in events if ev.__class__ is not Click]
-    for ev in events:
-        if ev.__class__ is Click:
-            ev.features = None
-    width = len(interner.fields)
-    if with_features:
-        encoded = interner.encode([ev.features for ev in with_features])  # type: ignore[misc]
-        width = encoded.hashes.shape[1]
-        for ev, row in zip(with_features, hash_rows(encoded.hashes), strict=True):
-            ev.features = row  # type: ignore[assignment]
-    return events, bad, width
+    batch = decode_wire(raws, limits, interner)
+    events, bad = from_wire(batch)
+    return events, bad, batch.width
 
 
 def decode_wire(raws: Sequence[bytes | None], limits: Limits, interner: Interner) -> WireBatch:
-    """What :func:`to_wire` makes of :func:`decode_rows`, without the rows as objects in between:
-    the worker's path (the journal is left to the caller)."""
+    """Decode and hash a batch into wire columns (the journal is left to the caller).
+
+    A poll's batch (up to 10 000 records) is taken :data:`CHUNK` records at a time: hashing
+    walks the decoded values a column at a time, and a chunk's objects (~5 kB an event) are
+    still in the CPU's cache from decoding, where a whole batch's are not (measured: ~20% less
+    time per event than one pass over 10 000). Rows of a chunk before one that admitted new
+    fields read those as missing.
+    """
     kinds = bytearray()
     ids: list[str] = []
     ts: list[int] = []
@@ -196,29 +169,6 @@ class WireBatch:
     width: int
     bad: list[tuple[int, str, str]]
     journal: list[tuple[Any, ...]] = field(default_factory=list)
-
-
-def to_wire(events: list[Event], bad: list[tuple[int, EventError]], width: int,
-            journal: list[tuple[Any, ...]]) -> WireBatch:
-    kinds = bytearray(len(events))
-    ids: list[str] = []
-    ts: list[int] = []
-    labels: list[int] = []
-    rows: list[bytes] = []
-    for k, ev in enumerate(events):
-        ts.append(ev.ts)
-        if ev.__class__ is Impression:
-            ids.append(ev.id)  # type: ignore[union-attr]
-            rows.append(ev.features)  # type: ignore[arg-type]
-        elif ev.__class__ is Click:
-            kinds[k] = _CLICK
-            ids.append(ev.id)  # type: ignore[union-attr]
-        else:
-            kinds[k] = _LABELED
-            rows.append(ev.features)  # type: ignore[arg-type]
-            labels.append(ev.label)  # type: ignore[union-attr]
-    return WireBatch(bytes(kinds), ids, ts, labels, b"".join(rows), width,
-                     [(i, e.reason, e.detail) for i, e in bad], journal)
 
 
 def from_wire(batch: WireBatch) -> tuple[list[Event], list[tuple[int, EventError]]]:
