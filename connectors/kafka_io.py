@@ -113,9 +113,11 @@ def read_sockets_in_large_chunks() -> bool:
     return patched
 
 
+read_sockets_in_large_chunks()  # for every client this process makes, ours or not
+
+
 def make_consumer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaConsumer:
     """A consumer with auto-commit off and earliest reset unless overridden."""
-    read_sockets_in_large_chunks()
     opts: dict[str, Any] = {
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -158,7 +160,6 @@ def _keep_metadata_rejoins(consumer: KafkaConsumer) -> None:
 
 def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
     """An idempotent producer, acks=all: nothing published is duplicated or lost on retry."""
-    read_sockets_in_large_chunks()
     opts: dict[str, Any] = {
         "acks": "all",
         "enable_idempotence": True,
@@ -170,7 +171,6 @@ def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
 
 
 def make_admin(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaAdminClient:
-    read_sockets_in_large_chunks()
     return KafkaAdminClient(**{**endpoint.options(), **overrides})
 
 

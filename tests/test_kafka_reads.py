@@ -1,7 +1,7 @@
 """kafka-python's transports read the socket in large chunks (connectors/kafka_io.py).
 
 The reader is ours; the first test drives it on a real socket pair, the second shows the
-library's transports use it once a client is made.
+library's transports use it once connectors.kafka_io is imported.
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ def test_the_reader_returns_all_that_is_there_then_reports_a_closed_peer() -> No
 
 
 def test_clients_use_the_large_reads() -> None:
+    """Importing connectors.kafka_io is enough; doing it again changes nothing."""
     from kafka.net import transport
 
-    assert kafka_io.read_sockets_in_large_chunks()
     assert transport.KafkaTCPTransport._sock_recv is kafka_io._read_available
+    assert transport.KafkaSSLTransport._sock_recv is kafka_io._read_available
+    assert kafka_io.read_sockets_in_large_chunks()
     assert transport.KafkaSSLTransport._sock_recv is kafka_io._read_available
     assert kafka_io.RECV_BYTES >= 64 * 1024
