@@ -173,7 +173,7 @@ def _end_offsets(bootstrap: str, unique: str) -> dict[tuple[str, int], int]:
 def test_an_instance_killed_mid_stream_is_resumed_exactly_by_the_other(
     bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
-    _generate(bootstrap, unique, 150_000)  # long enough that the kill lands mid-stream (~40k was read first)
+    _generate(bootstrap, unique, 80_000)  # long enough that the kill lands mid-stream (~40k was read first)
     ends = _end_offsets(bootstrap, unique)
     common = [*_common(bootstrap, unique), "--coordination", "group", "--group-id", unique,
               "--max-poll-records", "100", "--checkpoint-interval-s", "0.5"]
