@@ -55,6 +55,7 @@ from connectors.kafka_io import (
     wait_for_topics,
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
+from connectors.record_reader import read_batches_fast
 from connectors.state_store import SnapshotStore
 from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
 from daemon.config import Settings
@@ -394,6 +395,9 @@ class Daemon:
                     # input topics or partitions created later are found within this, not 5 min
                     metadata_max_age_ms=INPUT_METADATA_MAX_AGE_MS,
                 )
+                if not read_batches_fast(self.consumer):
+                    log.warning("this kafka-python's internals are not the ones connectors/record_reader.py "
+                                "was written against: fetched batches are read by the library's own reader")
                 try:
                     # join the group knowing the input partitions: a consumer that joins before
                     # their metadata is known (a broker just restarted, topics just created) is
