@@ -62,12 +62,14 @@ def produce_stream(
 
 
 def ceiling(settings: Settings, topics: tuple[str, str], expected: int,
-            gc_threshold: tuple[int, int, int] | None = None) -> dict[str, float]:
+            gc_threshold: tuple[int, int, int] | None = None, fast_reader: bool = False) -> dict[str, float]:
     """A plain kafka-python consumer that polls the topics and decodes every value with orjson.
 
     ``gc_threshold``: the collector's thresholds during the pass (None: as they are). The daemon
     raises them (kafka-python's parsing allocates an object per record and field), and a fair
-    ceiling gets the same; the default-GC ceiling is reported beside it.
+    ceiling gets the same; the default-GC ceiling is reported beside it. ``fast_reader``: read
+    the fetched batches with featsieve's reader (connectors/record_reader.py), as the daemon does,
+    instead of kafka-python's.
     """
     import gc
 
@@ -78,13 +80,14 @@ def ceiling(settings: Settings, topics: tuple[str, str], expected: int,
     if gc_threshold is not None:
         gc.set_threshold(*gc_threshold)
     try:
-        return _ceiling(settings, topics, expected, make_consumer, endpoint_from)
+        return _ceiling(settings, topics, expected, make_consumer, endpoint_from, fast_reader)
     finally:
         gc.set_threshold(*before)
 
 
 def _ceiling(settings: Settings, topics: tuple[str, str], expected: int, make_consumer: Any,
-             endpoint_from: Any) -> dict[str, float]:
+             endpoint_from: Any, fast_reader: bool) -> dict[str, float]:
+    from connectors.record_reader import read_batches_fast
 
     consumer = make_consumer(
         endpoint_from(settings),
@@ -93,6 +96,8 @@ def _ceiling(settings: Settings, topics: tuple[str, str], expected: int, make_co
         fetch_max_bytes=settings.fetch_max_bytes,
         max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
     )
+    if fast_reader:
+        read_batches_fast(consumer)
     from kafka import TopicPartition
 
     tps = [TopicPartition(t, 0) for t in topics]
@@ -189,11 +194,13 @@ def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
     produced = produce_stream(settings, topics, n_imp)
     from daemon.runloop import GC_THRESHOLDS
 
-    passes: dict[str, list[dict[str, Any]]] = {"ceiling": [], "ceiling_default_gc": [], "off": [],
-                                               "off_in_loop": [], "on": []}
+    passes: dict[str, list[dict[str, Any]]] = {"ceiling": [], "ceiling_default_gc": [],
+                                               "ceiling_fast_reader": [], "off": [], "off_in_loop": [], "on": []}
     for _ in range(E2E_ROUNDS[size]):
         passes["ceiling"].append(isolated("ceiling", settings, topics, produced, GC_THRESHOLDS))
         passes["ceiling_default_gc"].append(isolated("ceiling", settings, topics, produced, (700, 10, 10)))
+        passes["ceiling_fast_reader"].append(isolated("ceiling", settings, topics, produced, (700, 10, 10),
+                                                      fast_reader=True))
         worker = settings.with_overrides(decode_process=True)
         passes["off"].append(isolated("daemon_pass", worker, topics, gates=False, expected=produced))
         passes["off_in_loop"].append(isolated("daemon_pass", settings.with_overrides(decode_process=False),
@@ -216,6 +223,11 @@ def suite_e2e(settings: Settings, size: str) -> dict[str, Any]:
         "ceiling_default_gc_events_per_s": median("ceiling_default_gc"),
         "ratio_vs_default_gc_ceiling": median("off") / median("ceiling_default_gc"),
         "ratio_gates_on_vs_default_gc_ceiling": median("on") / median("ceiling_default_gc"),
+        # the plain consumer reading batches as the daemon does (connectors/record_reader.py):
+        # how much of the daemon's lead over the plain ceiling is its reader
+        "ceiling_fast_reader_events_per_s": median("ceiling_fast_reader"),
+        "ratio_vs_fast_reader_ceiling": median("off") / median("ceiling_fast_reader"),
+        "ratio_gates_on_vs_fast_reader_ceiling": median("on") / median("ceiling_fast_reader"),
         # wall clock, start-up and the final checkpoint included (with gates: the training backlog)
         "wall_ratio_gates_on_vs_default_gc_ceiling": (median("on", "wall_events_per_s")
                                                       / median("ceiling_default_gc", "wall_events_per_s")),
