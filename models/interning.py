@@ -274,6 +274,42 @@ def hash_joined_strs(text: str, count: int, tag: int = T_STR) -> np.ndarray | No
 _BATCHED_KINDS = (int, float, bool)
 
 
+def _present(col: Sequence[Any]) -> tuple[Sequence[Any], np.ndarray | None]:
+    """The values of ``col`` that are not None, and where they are (None: all of them are).
+
+    Fields are seldom missing in more than a few rows, so the gaps are found by ``index``
+    (a scan in C) and the values copied around them in slices: ~20 ns a value against ~33 for
+    a flag per value. A column with many gaps takes the flag per value.
+    """
+    n = len(col)
+    if col.__class__ is not tuple and col.__class__ is not list:
+        present = [v is not None for v in col]
+        return list(compress(col, present)), np.fromiter(present, bool, n)
+    gaps: list[int] = []
+    find = col.index
+    at = 0
+    try:
+        for _ in range(n // 8 + 1):
+            at = find(None, at)
+            gaps.append(at)
+            at += 1
+        present = [v is not None for v in col]  # many gaps
+        return list(compress(col, present)), np.fromiter(present, bool, n)
+    except ValueError:  # no more gaps
+        pass
+    if not gaps:
+        return col, None
+    values: list[Any] = []
+    start = 0
+    for gap in gaps:
+        values += col[start:gap]
+        start = gap + 1
+    values += col[start:]
+    where = np.ones(n, bool)
+    where[gaps] = False
+    return values, where
+
+
 def _nul_joined(values: Sequence[Any]) -> str | None:
     """``"\\0".join(values)``, or None if a value is not a string (the join checks every type)."""
     try:
@@ -304,12 +340,10 @@ def hash_columns(columns: Sequence[Sequence[Any]]) -> list[np.ndarray]:
             texts.append(text)
             strs.append((j, col, None))
             continue
-        present = [v is not None for v in col]
-        values: Sequence[Any] = list(compress(col, present))
+        values, where = _present(col)
         if not values:
             out[j] = np.full(n, MISSING, dtype=np.uint64)
             continue
-        where = np.fromiter(present, bool, n) if len(values) < n else None
         if values[0].__class__ is str and (text := _nul_joined(values)) is not None:
             texts.append(text)
             strs.append((j, values, where))

@@ -316,6 +316,22 @@ def test_columns_hashed_together_equal_per_value_hash(columns: list[list[object]
     assert [h.tolist() for h in hash_columns(columns)] == [[value_hash(v) for v in col] for col in columns]
 
 
+@pytest.mark.parametrize("gaps", [(), (0,), (999,), (0, 1, 2, 500, 998, 999), tuple(range(0, 1000, 9)),
+                                  tuple(range(0, 1000, 7)), tuple(range(1000))])
+def test_missing_values_found_however_few_or_many(gaps: tuple[int, ...]) -> None:
+    """Gaps found by scanning (up to one in eight) or by a flag per value (more), in the tuples
+    a batch's transposition gives and in lists: the same hashes either way."""
+    from models.interning import MISSING, hash_columns, value_hash
+
+    missing = set(gaps)
+    strs = tuple(None if i in missing else f"v{i % 37}" for i in range(1000))
+    ints = tuple(None if i in missing else i % 11 for i in range(1000))
+    columns = [strs, ints, list(strs), list(ints)]
+    hashed = hash_columns(columns)  # type: ignore[arg-type]
+    assert [h.tolist() for h in hashed] == [[value_hash(v) for v in col] for col in columns]
+    assert all(int((h == MISSING).sum()) == len(missing) for h in hashed)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.text(max_size=20), min_size=1, max_size=30))
 def test_byte_range_hash_equals_str_hash(texts: list[str]) -> None:
