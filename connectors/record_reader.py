@@ -178,7 +178,9 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
 
     A batch is read whole when the first of its records is taken: if one of its records is
     corrupt, none of that batch is returned (the library would return those before it). The
-    consumer stops at that batch either way.
+    consumer stops at that batch either way, and here stays stopped: every later take raises
+    the error again, as Java's client does until the caller seeks past the batch (the library's
+    reader returns nothing more, so the fetcher's position stays there too, without a word).
     """
 
     def __init__(self, fetch_offset: int, tp: Any, records: Any, key_deserializer: Any = None,
@@ -190,11 +192,14 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
         self._ready: list[Any] = []
         self._taken = 0
         self._last_batch: Any = None
+        self._failed: Exception | None = None  # a corrupt batch: raised by every take from then on
 
     def take(self, n: int | None = None) -> list[Any]:
         if not self._fast:
             return super().take(n)  # type: ignore[no-any-return]
         self._maybe_raise_next_inline_exception()
+        if self._failed is not None:
+            raise self._failed.with_traceback(None)
         want = sys.maxsize if n is None else n
         out: list[Any] = []
         try:
@@ -207,6 +212,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
                 out.extend(part)
                 self.next_fetch_offset = part[-1].offset + 1
         except Exception as exc:  # noqa: BLE001 - what the library does: raised on the next take
+            self._failed = exc
             if not out:
                 raise
             self._next_inline_exception = exc

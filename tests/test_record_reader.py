@@ -171,6 +171,20 @@ def test_a_corrupt_batch_raises_after_the_good_ones_are_returned() -> None:
     assert seen[1][1] == 10  # the consumer stays at the bad batch
 
 
+def test_a_corrupt_batch_is_raised_again_on_every_take_never_skipped() -> None:
+    """Ours keeps raising (the library's reader returns nothing more): the records after the bad
+    batch are never handed out with the bad batch's silently left behind."""
+    bad = bytearray(_batch(_rows(10), offset=10))
+    bad[-3] ^= 0xFF
+    records = FastPartitionRecords(0, TP, MemoryRecords(_batch(_rows(10), offset=0) + bytes(bad)
+                                                        + _batch(_rows(10), offset=20)), None, None)
+    assert [r.offset for r in records.take()] == list(range(10))
+    for _ in range(3):
+        with pytest.raises(CorruptRecordError, match="crc"):
+            records.take()
+        assert records.next_fetch_offset == 10 and records
+
+
 def test_without_crc_checks_a_record_that_does_not_add_up_is_still_caught() -> None:
     """A record whose fields disagree with its length (CRC made right, checks off): ours says so
     rather than reading the next record from the middle of this one."""
