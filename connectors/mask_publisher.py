@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from kafka import KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, ProducerFencedError
+from kafka.errors import InvalidProducerEpochError, KafkaError, ProducerFencedError
 
 from connectors import mask_message
 from connectors.kafka_io import KafkaEndpoint, make_consumer, make_producer
@@ -125,10 +125,10 @@ class MaskPublisher:
             self._producer.send(self.topic, key=self._key, value=raw).get(timeout=30)
             if self._transactional:
                 self._producer.commit_transaction()
-        except ProducerFencedError as exc:
-            self.fenced = True
-            raise WriterFencedError(f"writer for model {self.model_id} was fenced by a newer instance") from exc
-        except KafkaError:
+        except KafkaError as exc:
+            if self._was_fenced(exc):
+                self.fenced = True
+                raise WriterFencedError(f"writer for model {self.model_id} was fenced by a newer instance") from exc
             if self._transactional:
                 try:
                     self._producer.abort_transaction()
@@ -139,6 +139,19 @@ class MaskPublisher:
         self.last_published = msg
         self.last_publish_time = time.time() if now is None else now
         return msg
+
+    def _was_fenced(self, exc: KafkaError) -> bool:
+        """Whether a failed publish means a newer writer took over.
+
+        kafka-python says so in more than one way: ``ProducerFencedError`` from the call that
+        found out, but when a send's acknowledgement found out first, that send fails with
+        another error and every transactional call after it with a plain ``KafkaError`` ("in an
+        error state: ProducerFencedError"). The transaction manager keeps the fatal error: ask it.
+        """
+        if isinstance(exc, ProducerFencedError | InvalidProducerEpochError):
+            return True
+        manager = getattr(self._producer, "_transaction_manager", None)
+        return isinstance(getattr(manager, "last_error", None), ProducerFencedError | InvalidProducerEpochError)
 
     def position(self) -> PublishedPosition:
         return PublishedPosition(self.epoch, self.version)
