@@ -127,6 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("control_topic", "str", "featsieve.control", "single-partition topic whose owner is the mask writer (group mode)", check=_topic_ok),
     S("instance_id", "str", "", "name of this instance in the stats topic (default: host-pid)"),
     S("writer_session_timeout_s", "float", 10.0, "session timeout of the writer election group: failover time", minimum=6, maximum=300),
+    S("group_session_timeout_s", "float", 45.0, "session timeout of the input consumer group: how long a crashed instance's partitions wait before others take them (and a rebalance begun while it died waits)", minimum=6, maximum=300),
     S("log_format", "choice", "text", "log line format", choices=("text", "json")),
     S("log_level", "choice", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     # streaming MI

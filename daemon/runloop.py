@@ -394,6 +394,8 @@ class Daemon:
                     partition_assignment_strategy=[RangePartitionAssignor],
                     # input topics or partitions created later are found within this, not 5 min
                     metadata_max_age_ms=INPUT_METADATA_MAX_AGE_MS,
+                    session_timeout_ms=int(self.s.group_session_timeout_s * 1000),
+                    heartbeat_interval_ms=min(3000, int(self.s.group_session_timeout_s * 1000) // 3),
                 )
                 if not read_batches_fast(self.consumer):
                     log.warning("this kafka-python's internals are not the ones connectors/record_reader.py "
