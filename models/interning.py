@@ -222,13 +222,11 @@ def hash_column(values: Sequence[Any]) -> np.ndarray:
         hashed = _hash_str_column(values)
         if hashed is not None:
             return hashed
-    present = [v is not None for v in values]
-    rest = list(compress(values, present))
+    rest, where = _present(values)
     k = len(rest)
     if k == 0:
         return np.full(n, MISSING, dtype=np.uint64)
-    out = np.full(n, MISSING, dtype=np.uint64) if k < n else None
-    where = np.fromiter(present, bool, n) if out is not None else None
+    out = np.full(n, MISSING, dtype=np.uint64) if where is not None else None
     kinds = set(map(type, rest))
     if len(kinds) == 1:  # the usual sparse column: one type and missing values
         kind = kinds.pop()
@@ -277,37 +275,35 @@ _BATCHED_KINDS = (int, float, bool)
 def _present(col: Sequence[Any]) -> tuple[Sequence[Any], np.ndarray | None]:
     """The values of ``col`` that are not None, and where they are (None: all of them are).
 
-    Fields are seldom missing in more than a few rows, so the gaps are found by ``index``
-    (a scan in C) and the values copied around them in slices: ~20 ns a value against ~33 for
-    a flag per value. A column with many gaps takes the flag per value.
+    Fields are seldom missing in more than a few rows, so in a list or tuple the gaps are found
+    by ``index`` (a scan in C) and the values copied around them in slices: ~20 ns a value
+    against ~33 for a flag per value. A column with more than one gap in eight takes the flag
+    per value.
     """
     n = len(col)
-    if col.__class__ is not tuple and col.__class__ is not list:
-        present = [v is not None for v in col]
-        return list(compress(col, present)), np.fromiter(present, bool, n)
-    gaps: list[int] = []
-    find = col.index
-    at = 0
-    try:
-        for _ in range(n // 8 + 1):
-            at = find(None, at)
-            gaps.append(at)
-            at += 1
-        present = [v is not None for v in col]  # many gaps
-        return list(compress(col, present)), np.fromiter(present, bool, n)
-    except ValueError:  # no more gaps
-        pass
-    if not gaps:
-        return col, None
-    values: list[Any] = []
-    start = 0
-    for gap in gaps:
-        values += col[start:gap]
-        start = gap + 1
-    values += col[start:]
-    where = np.ones(n, bool)
-    where[gaps] = False
-    return values, where
+    if col.__class__ is tuple or col.__class__ is list:
+        gaps: list[int] = []
+        at = 0
+        try:
+            while len(gaps) <= n // 8:
+                at = col.index(None, at)
+                gaps.append(at)
+                at += 1
+        except ValueError:  # no more gaps: few enough to copy around
+            if not gaps:
+                return col, None
+            values: list[Any] = []
+            start = 0
+            for gap in gaps:
+                values += col[start:gap]
+                start = gap + 1
+            values += col[start:]
+            where = np.ones(n, bool)
+            where[gaps] = False
+            return values, where
+    present = [v is not None for v in col]
+    kept = list(compress(col, present))
+    return kept, np.fromiter(present, bool, n) if len(kept) < n else None
 
 
 def _nul_joined(values: Sequence[Any]) -> str | None:
