@@ -61,8 +61,9 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
     size, header size))``, the fields of kafka-python's ConsumerRecord (``prefix`` holds the
     first three). ``append_time`` is the batch's max timestamp
     when the broker stamped it (LogAppendTime), else None. Returns the records and the sum of
-    all ``count`` records' lengths (what kafka-python counts as bytes read). Raises CorruptRecordError when a record's fields do not add up to its length or
-    bytes are left over.
+    all ``count`` records' lengths (what kafka-python counts as bytes read). Raises
+    CorruptRecordError when a record's fields do not add up to its length or bytes are left
+    over.
 
     The varints are read inline where they take one or two bytes (all but large deltas): a
     call per varint was most of the cost.
@@ -130,7 +131,7 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
             pos += 1
         else:
             headers, pos = _headers(buf, pos)
-            header_size = sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
+            header_size = _header_size(headers)
         if pos != stop:
             raise CorruptRecordError(f"record at byte {at}: fields took {pos - at} bytes, its length says {length}")
         offset = base_offset + offset_delta
@@ -162,6 +163,11 @@ def _headers(buf: bytes, pos: int) -> tuple[list[Any], int]:
             value = None
         headers.append((key, value))
     return headers, pos
+
+
+def _header_size(headers: list[Any]) -> int:
+    """What kafka-python reports as a record's serialized header size."""
+    return sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
 
 
 def _batch_body(batch: DefaultRecordBatch) -> tuple[bytes, int]:
@@ -281,8 +287,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
             out.append(ConsumerRecord(
                 *self._prefix, self.leader_epoch, record.offset, record.timestamp, record.timestamp_type,
                 key, value, headers, record.checksum, -1 if key is None else len(key),
-                -1 if value is None else len(value),
-                sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers) if headers else -1))
+                -1 if value is None else len(value), _header_size(headers) if headers else -1))
         return out
 
 
