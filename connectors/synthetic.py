@@ -12,7 +12,20 @@ the mean CTR is ``base_ctr``. Field roles:
 * ``id_like``: no effect, (almost) unique per event: the fields that fool
   uncorrected mutual information;
 * an XOR pair: two uniform binary fields, no marginal signal, informative
-  together; a duplicate: an exact copy of an informative field.
+  together; a duplicate: an exact copy of an informative field;
+* ``interactions`` (some presets): a low-rank term ``strength * <u[a], v[b]>``
+  between two fields' values (a user x item affinity), so a field weak alone
+  can be strong together with another.
+
+Presets (``PRESETS``; ``PRESET_CTR`` gives each one's default ``base_ctr``):
+``small`` and ``default`` (the demo's and the tests' streams), ``clear``
+(strong effects, for ranker agreement), and three that reproduce what real
+click logs do to a selector: ``collaborative`` (an app-usage log: a dominant
+item field, a user field weak alone and strong with the item, context
+fields each worth a little), ``click-poor`` (an RTB log at ~0.45% CTR: a few
+hundred clicks in 48k impressions) and ``dominant-id`` (one ad-id field
+carries most of the signal; several weak fields are still worth keeping;
+a 50 000-value noise field).
 
 With ``drift_at`` set, after that share of the impressions one informative
 field loses its effect and one noise field gains one; ground truth then lists
@@ -35,6 +48,17 @@ import numpy as np
 from connectors.codec import Click, Impression
 
 _ROLES = ("informative", "noise", "id_like", "xor", "duplicate")
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """A low-rank interaction between the values of fields ``a`` and ``b``: the logit gains
+    ``strength * <u[a_value], v[b_value]>`` with unit-variance rank-``rank`` factors."""
+
+    a: str
+    b: str
+    strength: float
+    rank: int = 4
 _XOR_WEIGHT = 0.6  # logit added when xor_a != xor_b, subtracted otherwise
 
 
@@ -129,8 +153,56 @@ PRESETS["clear"] = tuple(
     else replace(s, beta=(0.4, 2.0)) if s.name == "ad_id" else s
     for s in PRESETS["default"]
 )
+# Presets that reproduce real click logs' failure modes of a selector (docs/policy.md).
+PRESETS["collaborative"] = (
+    _f("user", "informative", "int", 1000, 0.08, zipf=0.8),
+    _f("item", "informative", "str", 800, 1.1, zipf=1.0),
+    _f("daytime", "informative", "str", 7, 0.25, zipf=0.3),
+    _f("weekday", "informative", "str", 7, 0.12, zipf=0.2),
+    _f("isweekend", "informative", "bool", 2, 0.1, zipf=0.3),
+    _f("homework", "informative", "str", 3, 0.2, zipf=0.5),
+    _f("cost", "informative", "str", 2, 0.35, zipf=0.8),
+    _f("weather", "informative", "str", 9, 0.1, zipf=0.6),
+    _f("country", "informative", "str", 80, 0.15, zipf=1.2),
+    _f("city", "noise", "int", 400, zipf=1.0),
+)
+PRESETS["click-poor"] = (
+    _f("slot_id", "informative", "str", 20, 0.7, zipf=0.8),
+    _f("creative", "informative", "str", 300, 0.6, zipf=1.0),
+    _f("advertiser", "informative", "int", 30, 0.5, zipf=0.9),
+    _f("hour", "informative", "int", 24, 0.35, zipf=0.2),
+    _f("region", "informative", "int", 35, 0.3, zipf=0.8),
+    _f("slot_size", "informative", "str", 8, 0.45, zipf=0.7),
+    _f("adexchange", "informative", "int", 4, 0.3, zipf=0.5),
+    _f("os", "noise", "str", 6, zipf=0.8),
+    _f("browser", "noise", "str", 10, zipf=0.8),
+    _f("city", "noise", "int", 300, zipf=0.9),
+    _f("visibility", "noise", "int", 3, zipf=0.5),
+    _f("slot_format", "noise", "int", 3, zipf=0.5),
+    _f("bid_price", "noise", "float", 50, zipf=0.6),
+    _f("domain", "noise", "str", 2000, zipf=0.9),
+    _f("user_tag", "noise", "str", 1000, zipf=0.7),
+    _f("bid_id", "id_like", "str", 0),
+)
+PRESETS["dominant-id"] = (
+    _f("ad_id", "informative", "str", 20_000, beta=(0.35, 3.0), zipf=1.05),
+    _f("device", "informative", "str", 4, 0.25, zipf=0.5),
+    _f("hour", "informative", "int", 24, 0.2, zipf=0.2),
+    _f("placement", "informative", "str", 12, 0.22, zipf=0.6),
+    _f("site", "informative", "str", 300, 0.25, zipf=1.1),
+    _f("os", "noise", "str", 6),
+    _f("country", "noise", "str", 50),
+    _f("keyword", "noise", "str", 50_000, zipf=0.3),
+    _f("req", "id_like", "str", 0),
+    *_XOR,
+)
+PRESET_CTR = {"collaborative": 0.26, "click-poor": 0.0045, "dominant-id": 0.12}
+INTERACTIONS: dict[str, tuple[Interaction, ...]] = {
+    "collaborative": (Interaction("user", "item", 1.3, rank=4),),
+}
 _DRIFT = {"small": ("ad_cat", "browser"), "default": ("ad_cat", "browser"),
-          "clear": ("ad_cat", "browser")}  # (loses, gains)
+          "clear": ("ad_cat", "browser"), "collaborative": ("daytime", "city"),
+          "click-poor": ("slot_id", "os"), "dominant-id": ("device", "os")}  # (loses, gains)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +216,7 @@ class GeneratorConfig:
     seed: int = 7
     n_impressions: int = 100_000
     preset: str = "default"
-    base_ctr: float = 0.03
+    base_ctr: float | None = None  # None: the preset's (PRESET_CTR, else 0.03)
     event_rate: float = 1000.0
     start_ms: int = 1_700_000_000_000
     missing_rate: float = 0.02
@@ -159,15 +231,23 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.base_ctr is None:
+            object.__setattr__(self, "base_ctr", PRESET_CTR.get(self.preset, 0.03))
         if self.n_impressions < 0 or self.chunk < 1:
             raise ValueError("n_impressions must be >= 0 and chunk >= 1")
-        if not 0 < self.base_ctr < 1 or self.event_rate <= 0:
+        if not 0 < self.ctr < 1 or self.event_rate <= 0:
             raise ValueError("base_ctr must be in (0, 1) and event_rate > 0")
         for name in ("missing_rate", "late_click_rate", "duplicate_click_rate"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1)")
         if self.drift_at is not None and not 0 <= self.drift_at <= 1:
             raise ValueError("drift_at must be in [0, 1]")
+
+    @property
+    def ctr(self) -> float:
+        """The mean click probability (``base_ctr`` as resolved from the preset)."""
+        assert self.base_ctr is not None
+        return self.base_ctr
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -192,7 +272,7 @@ class _Model:
         self.probs: dict[str, np.ndarray] = {}
         self.effects: dict[str, np.ndarray] = {}
         self.values: dict[str, np.ndarray] = {}
-        base_logit = math.log(cfg.base_ctr / (1 - cfg.base_ctr))
+        base_logit = math.log(cfg.ctr / (1 - cfg.ctr))
         for s in self.specs:
             if s.role in ("id_like", "duplicate"):
                 continue
@@ -234,6 +314,16 @@ class _Model:
         gained = np.append(z_gain, 0.0)
         self.drifted = dict(self.effects)
         self.drifted.update({loses: np.zeros_like(self.effects[loses]), gains: gained})
+        # interaction factors, drawn after everything else so presets without them stay byte-identical;
+        # entries of sd rank^-1/4 give <u, v> unit variance; the missing value's row is zero
+        self.interactions: list[tuple[Interaction, np.ndarray, np.ndarray]] = []
+        for inter in INTERACTIONS.get(cfg.preset, ()):
+            sd = inter.rank ** -0.25
+            u = rng.normal(0.0, sd, size=(len(self.probs[inter.a]), inter.rank))
+            v = rng.normal(0.0, sd, size=(len(self.probs[inter.b]), inter.rank))
+            u[-1] = 0.0
+            v[-1] = 0.0
+            self.interactions.append((inter, u, v))
         self.b0 = self._calibrate()
 
     def draw(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
@@ -248,7 +338,11 @@ class _Model:
     def logit_parts(self, idx: dict[str, np.ndarray], drifted: bool) -> dict[str, np.ndarray]:
         eff = self.drifted if drifted else self.effects
         parts = {name: e[idx[name]] for name, e in eff.items() if name in idx and e.any()}
-        parts["xor"] = np.where(idx["xor_a"] != idx["xor_b"], _XOR_WEIGHT, -_XOR_WEIGHT)
+        if "xor_a" in idx:
+            parts["xor"] = np.where(idx["xor_a"] != idx["xor_b"], _XOR_WEIGHT, -_XOR_WEIGHT)
+        for inter, u, v in self.interactions:
+            parts[f"{inter.a}*{inter.b}"] = inter.strength * np.einsum(
+                "ij,ij->i", u[idx[inter.a]], v[idx[inter.b]])
         return parts
 
     def _calibrate(self) -> float:
@@ -258,7 +352,7 @@ class _Model:
         lo, hi = -20.0, 20.0
         for _ in range(60):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if _sigmoid(mid + total).mean() < self.cfg.base_ctr else (lo, mid)
+            lo, hi = (mid, hi) if _sigmoid(mid + total).mean() < self.cfg.ctr else (lo, mid)
         return (lo + hi) / 2
 
     def true_mi(self, drifted: bool = False) -> tuple[dict[str, float], float]:
@@ -279,6 +373,8 @@ class _Model:
             rest = np.quantile(total - parts[name], qs)
             p_y = _sigmoid(self.b0 + eff[name][:, None] + rest[None, :]).mean(axis=1)
             out[name] = _mi(probs, p_y)
+        if "xor" not in parts:
+            return out, 0.0
         rest = np.quantile(total - parts["xor"], qs)
         p_y = _sigmoid(self.b0 + np.array([-_XOR_WEIGHT, _XOR_WEIGHT])[:, None] + rest).mean(axis=1)
         return out, _mi(np.array([0.5, 0.5]), p_y)
@@ -383,8 +479,9 @@ def ground_truth(config: GeneratorConfig) -> dict[str, Any]:
     model = _Model(config)
     mi, xor_mi = model.true_mi()
     specs = model.specs
-    dup = next(s for s in specs if s.role == "duplicate")
-    mi[dup.name] = mi[dup.of or ""]
+    dup = next((s for s in specs if s.role == "duplicate"), None)
+    if dup is not None:
+        mi[dup.name] = mi[dup.of or ""]
     for s in specs:
         mi.setdefault(s.name, 0.0)
     drifting = set(model.drift or ())
@@ -400,7 +497,8 @@ def ground_truth(config: GeneratorConfig) -> dict[str, Any]:
         "true_mi": {s.name: mi[s.name] for s in specs},
         "xor_pair": by_role["xor"],
         "xor_pair_mi": xor_mi,
-        "duplicate": {"field": dup.name, "of": dup.of},
+        "duplicate": {"field": dup.name, "of": dup.of} if dup is not None else None,
+        "interactions": [[i.a, i.b, i.strength] for i, _, _ in model.interactions],
         "cardinality": {s.name: s.cardinality for s in specs},
         "b0": model.b0,
         "drift": None,

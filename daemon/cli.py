@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     add_setting_flags(run)
 
     gen = sub.add_parser("generate", help="synthetic impression/click stream with a ground-truth file")
-    gen.add_argument("--preset", default="default", help="field layout: small | default (~40 fields)")
+    gen.add_argument("--preset", default="default", help="field layout and default CTR: small, default, clear, collaborative, click-poor, dominant-id (docs/policy.md)")
     gen.add_argument("--impressions", type=int, default=100_000, help="number of impressions")
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--output", metavar="FILE", help="write JSONL events to FILE instead of Kafka")
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seeds the models and the random top-k")
     ev.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0",
                     help="keep ratios of the top-k methods (comma-separated, in (0, 1])")
-    ev.add_argument("--methods", default="all,featsieve-mi,featsieve-gates,featsieve-both,topk-mi,topk-gates,topk-random",
+    ev.add_argument("--methods", default="all,featsieve,featsieve-mi,featsieve-gates,featsieve-both,topk-mi,topk-gates,topk-random",
                     help="methods to compare (all fields is always included)")
     ev.add_argument("--max-rows", type=int, default=None, help="evaluate only the first N examples in time order")
     ev.add_argument("--warmup-rows", type=int, default=None,
