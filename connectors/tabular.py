@@ -45,7 +45,7 @@ from models.interning import (
     hash_utf8_cells,
     value_hash,
 )
-from models.mi import MIConfig, MIState
+from models.mi import MIConfig, MIState, ranked_pairs
 
 _TRUE = {"1", "true", "True", "TRUE"}
 _FALSE = {"0", "false", "False", "FALSE"}
@@ -442,7 +442,7 @@ def _count_range(task: _RangeTask, progress: bool = False) -> _Counted:
     _admit(interner, [n for n in task.header if n != task.label])
     state = MIState(task.config)
     if task.pairs:
-        state.set_pairs(task.pairs)
+        state.set_pairs(task.pairs, limit=len(task.pairs))
     skipped: Counter[str] = Counter()
     reader = _CsvBytes(task.header, task.header.index(task.label), interner, task.batch_rows, skipped)
     with open(task.path, "rb") as raw:
@@ -488,7 +488,7 @@ def _count_file(path: str, label: str | None, config: MIConfig, pairs: tuple[tup
     features = [n for n in header if n != label] if header else []
     state = MIState(config)
     if pairs:
-        state.set_pairs(pairs)
+        state.set_pairs(pairs, limit=len(pairs))
     skipped: Counter[str] = Counter()
     if header is None or len(features) > max_fields:  # JSONL, empty, or more columns than fields
         interner = Interner(max_fields, names_per_column=0)
@@ -526,7 +526,7 @@ def _valued(counts: FieldCounts | None) -> bool:
 def score_file(path: str, label: str | None = None, pairs: bool = False, config: MIConfig | None = None,
                window_ms: int = 1_800_000, progress: bool = False, batch_rows: int = 8192,
                max_fields: int = 256, workers: int = 1) -> dict[str, Any]:
-    """Score every field of a file (and, with ``pairs``, pairs of the top fields) with the daemon's MI core.
+    """Score every field of a file (and, with ``pairs``, every pair up to ``pair_budget``) with the daemon's MI core.
 
     Pairs need the field ranking first, so they take a second pass over the file with the
     chosen pairs only (field counts are taken from the first pass, never counted twice).
@@ -548,9 +548,10 @@ def score_file(path: str, label: str | None = None, pairs: bool = False, config:
     result: dict[str, Any] = {"input": path, "rows": counted.rows, "positives": counted.positives}
     pair_list: list[dict[str, Any]] = []
     if pairs and cfg.pairs_top_n >= 2:
-        top = [s.name for s in scores[: cfg.pairs_top_n] if s.score > 0]
+        # every pair while they fit in pair_budget (64 fields: 2016 pairs), else all pairs among
+        # as many of the top fields as fit: a pair weak alone on both sides (XOR) is still scored
         chosen = MIState(cfg)
-        chosen.set_pairs((a, b) for i, a in enumerate(top) for b in top[i + 1 :])
+        chosen.set_pairs(ranked_pairs([s.name for s in scores]), limit=cfg.pair_budget)
         pair_state = _count_file(path, label, cfg, chosen.pairs, workers, batch_rows, max_fields,
                                  window_ms, False)[0].state
         field_scores = {s.name: s for s in scores}
@@ -563,7 +564,7 @@ def score_file(path: str, label: str | None = None, pairs: bool = False, config:
                 redundant.setdefault(weak.name, strong.name)
         scores = [replace(s, redundant_with=redundant.get(s.name)) for s in scores]
         pair_list = [{"fields": list(p.fields), "score": p.score, "mi": p.mi, "z": p.z, "gain": p.gain,
-                      "nmi": p.nmi} for p in pair_scores]
+                      "gain_z": p.gain_z, "sd": p.sd, "nmi": p.nmi} for p in pair_scores]
     seconds = time.perf_counter() - t0
     rows = counted.rows
     result.update({

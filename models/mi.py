@@ -13,20 +13,27 @@ online:
 * **exactly mergeable**: the state of any partition of the stream, merged,
   equals the state of one pass over all of it (shards, instances, restarts);
 * **significance**: every score comes with ``z`` = (MI - E) / sd of the null;
-* **pairs**: the joint (a, b) of pairs among the top ``pairs_top_n`` fields is
-  scored too (interactions such as XOR that no single field shows), and a
-  pair whose two fields determine each other (normalised MI between them of
-  at least ``redundancy_threshold``) marks the weaker field redundant.
+* **pairs**: the joint (a, b) of chosen pairs is scored too (interactions
+  such as XOR that no single field shows), and a pair whose two fields
+  determine each other (normalised MI between them of at least
+  ``redundancy_threshold``) marks the weaker field redundant.
 
-Pair candidates are chosen from the state's own scores when a new block
-opens (or set with :meth:`MIState.set_pairs`); a pair's counts cover the
-blocks since it was chosen, and its marginals are taken over the same blocks.
+Pair candidates are chosen when a new block opens (or set with
+:meth:`MIState.set_pairs`): the pairs among the top ``pairs_top_n`` fields,
+the pairs whose gain over their parts is significant (``pair_keep_z``), and
+a slice of *all* pairs that rotates with the block number, so that every
+pair of fields is scored within ``ceil(all pairs / free slots)`` blocks
+however weak its fields are alone (:meth:`MIState.candidate_pairs`). At most
+``max_pairs`` pairs are counted at once. A pair's counts cover the blocks
+since it was chosen, and its marginals are taken over the same blocks.
+Offline (one block), :func:`all_pairs` chooses every pair up to
+``pair_budget`` pairs.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,17 +53,22 @@ class MIConfig:
     tail_buckets: int = 1024
     block_ms: int = 7_200_000  # 0: one block, nothing expires
     blocks: int = 12
-    pairs_top_n: int = 8
-    max_pairs: int = 28
+    pairs_top_n: int = 8  # 0 or 1: no pairs at all
+    max_pairs: int = 96  # pairs counted at once (online: top pairs + held + rotating slice)
     redundancy_threshold: float = 0.95
+    pairs_rotate: bool = True  # online: fill the free pair slots with a slice of all pairs, rotating by block
+    pair_keep_z: float = 6.0  # a pair whose gain over its parts has this z stays a candidate
+    pair_budget: int = 2016  # offline: score every pair while there are at most this many (64 fields)
 
     def __post_init__(self) -> None:
         if self.max_values < 1 or self.tail_buckets < 1:
             raise ValueError("mi max_values and tail_buckets must be >= 1")
         if self.block_ms < 0 or self.blocks < 1:
             raise ValueError("mi block_ms must be >= 0 and blocks >= 1")
-        if self.pairs_top_n < 0 or self.max_pairs < 0:
-            raise ValueError("mi pairs_top_n and max_pairs must be >= 0")
+        if self.pairs_top_n < 0 or self.max_pairs < 0 or self.pair_budget < 0:
+            raise ValueError("mi pairs_top_n, max_pairs and pair_budget must be >= 0")
+        if math.isnan(self.pair_keep_z):
+            raise ValueError("mi pair_keep_z must be a number")
         if not 0.0 < self.redundancy_threshold <= 1.0:
             raise ValueError("mi redundancy_threshold must be in (0, 1]")
 
@@ -73,6 +85,7 @@ class FieldScore:
     cardinality: int  # distinct values (estimated above max_values)
     entropy: float
     redundant_with: str | None = None
+    sd: float = 0.0  # sd of the plug-in MI under the null: the noise scale of ``score``
 
 
 @dataclass(frozen=True)
@@ -83,16 +96,41 @@ class PairScore:
     z: float
     gain: float  # score - score(a) - score(b): what the pair adds over its parts
     nmi: float  # MI(a; b) / max(H(a), H(b)) over the pair's blocks
+    sd: float = 0.0  # sd of the joint's plug-in MI under the null
+
+    @property
+    def gain_z(self) -> float:
+        """The gain in units of the joint's null sd (0 when the sd is 0)."""
+        return self.gain / self.sd if self.sd > 0 else 0.0
 
 
-def corrected(counts: np.ndarray) -> tuple[float, float, float, float]:
-    """(score, mi, expected, z) of a ``[negatives, positives]`` category table."""
+def corrected_sd(counts: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(score, mi, expected, z, sd) of a ``[negatives, positives]`` category table."""
     n = int(counts.sum())
     n1 = int(counts[:, 1].sum()) if n else 0
     mi = plugin_mi(counts)
     expected, variance = null_moments(counts.sum(axis=1), n, n1)
-    z = (mi - expected) / math.sqrt(variance) if variance > 0 else 0.0
-    return mi - expected, mi, expected, z
+    sd = math.sqrt(variance) if variance > 0 else 0.0
+    z = (mi - expected) / sd if sd > 0 else 0.0
+    return mi - expected, mi, expected, z, sd
+
+
+def corrected(counts: np.ndarray) -> tuple[float, float, float, float]:
+    """(score, mi, expected, z) of a ``[negatives, positives]`` category table."""
+    return corrected_sd(counts)[:4]
+
+
+def ranked_pairs(ranked: Sequence[str]) -> list[Pair]:
+    """Every pair of ``ranked`` (best first) so that any prefix of the list holds all the pairs
+    among the top k fields before any pair with a field below them: a pair budget then
+    scores all pairs among as many of the top fields as it allows."""
+    return [(min(a, b), max(a, b)) for k, b in enumerate(ranked) for a in ranked[:k]]
+
+
+def all_pairs(names: Iterable[str]) -> list[Pair]:
+    """Every pair of distinct names, each sorted, in lexicographic order."""
+    ordered = sorted(set(names))
+    return [(a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :]]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -150,7 +188,7 @@ class MIState:
         if self.newest_block is None or newest > self.newest_block:
             opened = self.newest_block is not None
             if opened and self.config.pairs_top_n >= 2:
-                self.set_pairs(self.candidate_pairs())
+                self.set_pairs(self.candidate_pairs(newest))
             self.newest_block = newest
             self._expire()
         oldest = self._oldest_live()
@@ -187,7 +225,7 @@ class MIState:
         block = int(watermark_ms) // self.config.block_ms
         if self.newest_block is None or block > self.newest_block:
             if self.newest_block is not None and self.config.pairs_top_n >= 2:
-                self.set_pairs(self.candidate_pairs())
+                self.set_pairs(self.candidate_pairs(block))
             self.newest_block = block
             self._expire()
 
@@ -197,15 +235,42 @@ class MIState:
             for b in [b for b in table if oldest is not None and b < oldest]:
                 del table[b]
 
-    def set_pairs(self, pairs: Iterable[Pair]) -> None:
-        """Score these pairs from now on (names sorted within a pair; at most ``max_pairs``)."""
-        unique = sorted({tuple(sorted(p)) for p in pairs if p[0] != p[1]})
-        self.pairs = tuple((a, b) for a, b in unique)[: self.config.max_pairs]
+    def set_pairs(self, pairs: Iterable[Pair], limit: int | None = None) -> None:
+        """Score these pairs from now on: the first ``limit`` (default ``max_pairs``) distinct
+        pairs in the order given, each with its names sorted, held in sorted order."""
+        unique = dict.fromkeys((min(a, b), max(a, b)) for a, b in pairs if a != b)
+        self.pairs = tuple(sorted(list(unique)[: self.config.max_pairs if limit is None else limit]))
 
-    def candidate_pairs(self) -> list[Pair]:
-        """All pairs among the ``pairs_top_n`` fields with the highest scores."""
-        top = [s.name for s in self.scores(with_pairs=False)[: self.config.pairs_top_n] if s.score > 0]
-        return [(a, b) for i, a in enumerate(top) for b in top[i + 1 :]]
+    def rotating_slots(self) -> int:
+        """Pairs of the rotating slice: ``max_pairs`` less the pairs among the top fields."""
+        top = self.config.pairs_top_n
+        return max(self.config.max_pairs - top * (top - 1) // 2, 0) if self.config.pairs_rotate else 0
+
+    def candidate_pairs(self, block: int = 0) -> list[Pair]:
+        """The pairs to count from block ``block`` on, at most ``max_pairs``:
+
+        1. pairs already counted whose gain over their parts has ``gain_z >= pair_keep_z``
+           (a found interaction stays found), then all pairs among the ``pairs_top_n`` fields
+           with the highest (positive) scores, together at most ``max_pairs`` less the slice;
+        2. with ``pairs_rotate``, a slice of :func:`all_pairs` of the fields, of
+           :meth:`rotating_slots` pairs, that starts at ``block * slots`` (cyclically): every
+           pair is counted within ``ceil(len(all_pairs) / slots)`` consecutive blocks, whatever
+           its fields score alone.
+
+        A function of the state and ``block`` only, so merged and restored states choose alike.
+        """
+        cfg = self.config
+        scores = self.scores(with_pairs=False)
+        fields = {s.name: s for s in scores}
+        held = [p.fields for p in self.pair_scores(fields) if p.gain > 0 and p.gain_z >= cfg.pair_keep_z]
+        top = [s.name for s in scores[: cfg.pairs_top_n] if s.score > 0]
+        slots = self.rotating_slots()
+        chosen = list(dict.fromkeys([*held, *all_pairs(top)]))[: max(cfg.max_pairs - slots, 0)]
+        every = all_pairs(fields)
+        if slots and every:
+            start = (block * slots) % len(every)
+            chosen += [every[(start + i) % len(every)] for i in range(min(slots, len(every)))]
+        return list(dict.fromkeys(chosen))
 
     # ------------------------------------------------------------- merge
     def merge(self, other: MIState) -> None:
@@ -224,7 +289,7 @@ class MIState:
                         target[key] = counts.copy()
         if other.newest_block is not None and (self.newest_block is None or other.newest_block > self.newest_block):
             self.newest_block = other.newest_block
-        self.set_pairs([*self.pairs, *other.pairs])
+        self.set_pairs(sorted({*self.pairs, *other.pairs}))
         self.expired_examples += other.expired_examples
         self._expire()
 
@@ -238,29 +303,39 @@ class MIState:
 
     def _score_field(self, name: str, counts: FieldCounts) -> FieldScore:
         table = counts.category_counts()
-        score, mi, expected, z = corrected(table)
+        score, mi, expected, z, sd = corrected_sd(table)
         return FieldScore(
             name=name, score=score, mi=mi, expected=expected, z=z,
             examples=int(table.sum()), positives=int(table[:, 1].sum()),
-            cardinality=counts.distinct_estimate(), entropy=entropy(table.sum(axis=1)),
+            cardinality=counts.distinct_estimate(), entropy=entropy(table.sum(axis=1)), sd=sd,
         )
 
     def scores(self, with_pairs: bool = True) -> list[FieldScore]:
         """Every field's score, best first (ties by name), with redundancy flags from the pair tables."""
-        out: dict[str, FieldScore] = {}
+        if with_pairs:
+            return self.scores_and_pairs()[0]
+        return self._field_scores()
+
+    def _field_scores(self) -> list[FieldScore]:
+        out = []
         for name in self.field_names():
             counts = self.field_counts(name)
             assert counts is not None
-            out[name] = self._score_field(name, counts)
-        if with_pairs:
-            for pair in self.pair_scores(out):
-                if pair.nmi < self.config.redundancy_threshold:
-                    continue
-                a, b = (out[f] for f in pair.fields)
-                strong, weak = (a, b) if (-a.score, a.name) <= (-b.score, b.name) else (b, a)
-                if out[weak.name].redundant_with is None:
-                    out[weak.name] = _with_redundant(weak, strong.name)
-        return sorted(out.values(), key=lambda s: (-s.score, s.name))
+            out.append(self._score_field(name, counts))
+        return sorted(out, key=lambda s: (-s.score, s.name))
+
+    def scores_and_pairs(self) -> tuple[list[FieldScore], list[PairScore]]:
+        """Field scores (best first, with redundancy flags) and pair scores, in one pass."""
+        out = {s.name: s for s in self._field_scores()}
+        pairs = self.pair_scores(out)
+        for pair in pairs:
+            if pair.nmi < self.config.redundancy_threshold:
+                continue
+            a, b = (out[f] for f in pair.fields)
+            strong, weak = (a, b) if (-a.score, a.name) <= (-b.score, b.name) else (b, a)
+            if out[weak.name].redundant_with is None:
+                out[weak.name] = _with_redundant(weak, strong.name)
+        return sorted(out.values(), key=lambda s: (-s.score, s.name)), pairs
 
     def pair_scores(self, fields: dict[str, FieldScore] | None = None) -> list[PairScore]:
         """Scores of the pairs that have counts, best first."""
@@ -278,14 +353,14 @@ class MIState:
             if joint is None or ca is None or cb is None:
                 continue
             table = joint.category_counts()
-            score, mi, _, z = corrected(table)
+            score, mi, _, z, sd = corrected_sd(table)
             ha, hb = entropy(ca.category_counts().sum(axis=1)), entropy(cb.category_counts().sum(axis=1))
             hab = entropy(table.sum(axis=1))
             top = max(ha, hb)
             nmi = min(max((ha + hb - hab) / top, 0.0), 1.0) if top > 0 else 0.0
             sa = fields[pair[0]].score if pair[0] in fields else self._score_field(pair[0], ca).score
             sb = fields[pair[1]].score if pair[1] in fields else self._score_field(pair[1], cb).score
-            result.append(PairScore(pair, score, mi, z, score - sa - sb, nmi))
+            result.append(PairScore(pair, score, mi, z, score - sa - sb, nmi, sd))
         return sorted(result, key=lambda p: (-p.score, p.fields))
 
     def examples(self) -> int:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models.fieldcounts import FieldCounts
 from models.interning import EncodedBatch, Interner
-from models.mi import MIConfig, MIState
+from models.mi import MIConfig, MIState, all_pairs
 from models.nullmi import null_moments, plugin_mi
 
 SMALL = MIConfig(max_values=64, tail_buckets=16, block_ms=1000, blocks=4, pairs_top_n=0)
@@ -230,11 +230,49 @@ def test_xor_pair_is_found_and_a_copy_is_flagged_redundant() -> None:
 def test_pair_candidates_are_refreshed_when_a_block_opens() -> None:
     rows, labels = _examples(20_000, 2)
     batch = Interner().encode(rows)
-    state = MIState(MIConfig(block_ms=1000, blocks=4, pairs_top_n=2))
+    state = MIState(MIConfig(block_ms=1000, blocks=4, pairs_top_n=2, pairs_rotate=False))
     state.update(batch, labels, np.zeros(len(labels), np.int64))
     assert state.pairs == ()
     state.update(_part(batch, slice(0, 10)), labels[:10], np.full(10, 1500))
     assert state.pairs == (("strong", "wide"),)
+
+
+def test_rotating_candidates_cover_every_pair_within_the_stated_number_of_blocks() -> None:
+    """Top pairs stay; the free slots walk through all pairs, so every pair is counted within
+    ceil(free pairs / slots) blocks however weak its fields are alone."""
+    rows, labels = _examples(4000, 3)
+    batch = Interner().encode(rows)
+    names = list(batch.fields)
+    every = set(all_pairs(names))
+    cfg = MIConfig(block_ms=1000, blocks=4, pairs_top_n=2, max_pairs=4)
+    state = MIState(cfg)
+    state.update(batch, labels, np.zeros(len(labels), np.int64))
+    slots = state.rotating_slots()
+    assert slots == cfg.max_pairs - 1  # the top two fields make one pair
+    top = set(state.candidate_pairs(0)[:1])
+    seen: set[tuple[str, str]] = set()
+    blocks = -(-len(every) // slots)
+    for b in range(1, blocks + 1):
+        state.update(_part(batch, slice(0, 10)), labels[:10], np.full(10, 1000 * b + 1))
+        assert len(state.pairs) <= cfg.max_pairs and top <= set(state.pairs)
+        seen |= set(state.pairs)
+    assert seen == every
+
+
+def test_a_significant_pair_stays_a_candidate_after_the_rotation_moves_on() -> None:
+    rng = np.random.default_rng(9)
+    n = 40_000
+    a, b = rng.integers(0, 2, n), rng.integers(0, 2, n)
+    labels = (rng.random(n) < np.where(a ^ b, 0.12, 0.02)).astype(np.int8)
+    rows = [{"xa": int(x), "xb": int(y), **{f"n{k}": int(v) for k, v in enumerate(rng.integers(0, 5, 6))}}
+            for x, y in zip(a, b, strict=True)]
+    batch = Interner().encode(rows)
+    state = MIState(MIConfig(block_ms=1000, blocks=50, pairs_top_n=2, max_pairs=3))
+    state.set_pairs([("xa", "xb")])
+    state.update(batch, labels, np.zeros(n, np.int64))
+    for blk in range(1, 12):  # 28 pairs, 2 rotating slots: the rotation has left (xa, xb) long ago
+        state.update(_part(batch, slice(0, 10)), labels[:10], np.full(10, 1000 * blk))
+        assert ("xa", "xb") in state.pairs
 
 
 def test_field_counts_switch_to_hashed_mode_exactly() -> None:
