@@ -209,6 +209,8 @@ def combine_gate_reports(reports: list[dict[str, Any]]) -> dict[str, Any] | None
         pairs = [(w, r["metrics"][key]) for r, w in zip(reports, weights, strict=True)
                  if r.get("metrics", {}).get(key) is not None]
         metrics[key] = sum(w * v for w, v in pairs) / sum(w for w, _ in pairs) if pairs else None
+    # the combined model has earned a vote only as far as its least trained instance has
+    metrics["windows"] = float(min(float((r.get("metrics") or {}).get("windows") or 0) for r in reports))
     return {
         "field_gates": {n: acc / wsum for n, (acc, wsum) in sorted(fields.items())},
         "closed_values": {

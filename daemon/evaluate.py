@@ -54,13 +54,16 @@ from models.evaluation import (
     ranking,
     subset_columns,
 )
+from models.evidence import FieldEvidence, GateEvidence, build_evidence
 from models.interning import EncodedBatch, Interner
-from models.mi import MIConfig, MIState
-from models.policy import FieldEvidence, MaskPolicy, PolicyConfig
+from models.mi import MIConfig, MIState, ranked_pairs
+from models.policy import MaskPolicy, PolicyConfig
 
 log = logging.getLogger(__name__)
 
-MASK_METHODS = ("featsieve-mi", "featsieve-gates", "featsieve-both")
+# "featsieve" is the daemon's own policy as the settings give it (by default mode budget); the
+# others force a voting mode on the same evidence
+MASK_METHODS = ("featsieve", "featsieve-mi", "featsieve-gates", "featsieve-both")
 TOPK_METHODS = ("topk-mi", "topk-gates", "topk-random")
 METHODS = ("all", *MASK_METHODS, *TOPK_METHODS)
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -190,6 +193,8 @@ class _MaskRun:
     keep: np.ndarray | None = None
     history: list[list[int]] = field(default_factory=list)  # [row, kept fields] at each change
     kept_rows: int = 0  # sum over evaluated rows of the fields kept for that row
+    reasons: dict[str, str] = field(default_factory=dict)  # the last decision's reason per field
+    changes: list[list[Any]] = field(default_factory=list)  # [row, "+field:reason" | "-field:reason", ...]
     positions: list[int] = field(default_factory=list)  # model column -> field column, in order of first keep
 
     def view(self, hashes: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -205,12 +210,10 @@ class _MaskRun:
         return mask_columns(subset_columns(hashes, self.positions), keep[self.positions])
 
 
-def _evidence(mi: MIState, gate_open: dict[str, float]) -> list[FieldEvidence]:
-    """The policy's input, as daemon/masking.py builds it: MI scores plus each field's gate decision (gate_open)."""
-    return [FieldEvidence(name=s.name, score=float(s.score), mi=float(s.mi), z=float(s.z),
-                          examples=int(s.examples), positives=int(s.positives), cardinality=int(s.cardinality),
-                          gate_open=gate_open.get(s.name), redundant_with=s.redundant_with)
-            for s in mi.scores(with_pairs=False)]
+def _evidence(mi: MIState, gates: GateEvidence | None) -> list[FieldEvidence]:
+    """The policy's input, built as daemon/masking.py builds it: MI and pair scores, field gates."""
+    scores, pairs = mi.scores_and_pairs()
+    return build_evidence(scores, pairs, gates)
 
 
 # ------------------------------------------------------------------ run
@@ -246,10 +249,15 @@ def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None
         names = list(interner.fields)
         n_fields = len(names)
         mi = MIState(replace(cfg.mi, block_ms=0, pairs_top_n=0))
+        # offline there is one block: every pair is counted from the start, up to pair_budget
+        # (beyond, the pairs of as many fields as fit, in order of first appearance)
+        mi.set_pairs(ranked_pairs(names), limit=cfg.mi.pair_budget)
         gate_cols = min(cfg.gate_max_fields, n_fields)
         gates = GatedCTR(GateConfig(max_fields=gate_cols, buckets_per_field=cfg.buckets, window=warmup), seed=cfg.seed)
-        runs = {m: _MaskRun(MaskPolicy(replace(cfg.policy, mode=m.split("-", 1)[1])))
+        runs = {m: _MaskRun(MaskPolicy(cfg.policy if m == "featsieve"
+                                       else replace(cfg.policy, mode=m.split("-", 1)[1])))
                 for m in cfg.methods if m in MASK_METHODS}
+        strengths: dict[str, list[list[Any]]] = {m: [] for m in runs}  # [row, gate strength] at each change
         subsets: dict[str, dict[float, tuple[int, ...]]] = {}
         models: dict[tuple[int, ...], PrequentialModel] = {}
         rankings: dict[str, list[str]] = {}
@@ -260,13 +268,29 @@ def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None
         def gate_shares() -> dict[str, float]:
             return {names[c]: v for c, v in gates.field_gates().items() if c < n_fields}
 
+        def gate_evidence() -> GateEvidence | None:
+            shares = gate_shares()
+            if not shares:
+                return None
+            metrics = gates.metrics()
+            return GateEvidence(field_gates=shares, windows=int(gates.windows), examples=int(gates.examples),
+                                auc=metrics.get("auc_ungated"), auc_gated=metrics.get("auc_gated"))
+
         def decide(at_row: int) -> None:
-            evidence = _evidence(mi, gate_shares())
-            for run in runs.values():
-                decision = run.policy.update(evidence)
+            g = gate_evidence()
+            evidence = _evidence(mi, g)
+            for m, run in runs.items():
+                strength = run.policy.gate_strength(g, evidence)
+                if not strengths[m] or strengths[m][-1][1] != strength:
+                    strengths[m].append([at_row, strength])
+                decision = run.policy.update(evidence, strength)
+                run.reasons = {n: d.reason for n, d in decision.fields.items()}
                 keep = np.array([bool(decision.fields[n].keep) if n in decision.fields else True for n in names])
                 if run.keep is None or not np.array_equal(keep, run.keep):
                     run.history.append([at_row, int(keep.sum())])
+                    before = run.keep if run.keep is not None else np.ones(len(names), bool)
+                    run.changes.append([at_row, *(("+" if k else "-") + f"{n}:{decision.fields[n].reason}"
+                                                  for n, k, b in zip(names, keep, before, strict=True) if k != b)])
                 run.keep = keep
 
         def start_models() -> None:
@@ -356,9 +380,12 @@ def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None
                 _bar("evaluate", row, rows)
         if progress:
             print(file=sys.stderr)
-    return _result(path, cfg, names, rows, warmup, evaluated, positives, dict(skipped), mi, models, subsets,
-                   runs, rankings, ground_truth,
-                   {"read_s": t_read, "total_s": time.perf_counter() - t0})
+    result = _result(path, cfg, names, rows, warmup, evaluated, positives, dict(skipped), mi, models, subsets,
+                     runs, rankings, ground_truth,
+                     {"read_s": t_read, "total_s": time.perf_counter() - t0})
+    for m, changes in strengths.items():
+        result["methods"][m]["gate_evidence"] = changes
+    return result
 
 
 # ------------------------------------------------------------------ result
@@ -399,13 +426,17 @@ def _result(path: str, cfg: EvalConfig, names: list[str], rows: int, warmup: int
         methods[m] = {"kind": "mask", "points": [{
             "kept_fields": len(final), "mean_kept_fields": run.kept_rows / evaluated if evaluated else None,
             **_point(run.model.hist), **memory(final), "fields": final}],
-            "mask_history": run.history}
+            "mask_history": run.history, "changes": run.changes, "reasons": run.reasons}
     result: dict[str, Any] = {
         "input": os.path.basename(path),
         "rows": rows, "warmup_rows": warmup, "evaluated_rows": evaluated, "evaluated_positives": positives,
         "fields": names, "skipped_rows": skipped, "seed": cfg.seed,
         "ratios": sorted(cfg.ratios), "methods": methods,
         "aukc": {m: v["aukc"] for m, v in methods.items() if v["kind"] == "topk"},
+        # does the gate ranking earn its vote here? (> 0: better than a random order of fields)
+        "gate_ranking_vs_random": (methods["topk-gates"]["aukc"] - methods["topk-random"]["aukc"]
+                                   if methods.get("topk-gates", {}).get("aukc") is not None
+                                   and methods.get("topk-random", {}).get("aukc") is not None else None),
         "rankings": {k: v for k, v in rankings.items()},
         "models_trained": len(models) + len(runs),
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("mi", "policy")}
@@ -463,7 +494,7 @@ def write_outputs(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
-_STYLE = {"topk-mi": ("tab:blue", "o"), "topk-gates": ("tab:orange", "s"), "topk-random": ("tab:gray", "x"),
+_STYLE = {"featsieve": ("black", "*"), "topk-mi": ("tab:blue", "o"), "topk-gates": ("tab:orange", "s"), "topk-random": ("tab:gray", "x"),
           "featsieve-mi": ("tab:green", "*"), "featsieve-gates": ("tab:red", "P"),
           "featsieve-both": ("tab:purple", "D")}
 
@@ -530,6 +561,12 @@ def report(result: dict[str, Any], plot_name: str) -> str:
             lines.append(f"| {label} | {kept} | {_f(p['auc'])} | {_f(p['logloss'])} | {p['memory_saved']:.1%} |")
     lines += ["", "| method | AUKC (mean AUC over kept-field shares) |", "| --- | ---: |"]
     lines += [f"| {k} | {_f(v)} |" for k, v in result["aukc"].items()]
+    if result.get("gate_ranking_vs_random") is not None:
+        lines += ["", f"Gate ranking AUKC minus random: {result['gate_ranking_vs_random']:+.4f}."]
+    for name, v in m.items():
+        if v.get("gate_evidence"):
+            steps = ", ".join(f"{s} from row {r:,}" for r, s in v["gate_evidence"])
+            lines.append(f"* {name}: gate evidence {steps}")
     truth = result.get("ground_truth")
     if truth:
         lines += ["", f"Ground truth: {len(truth['informative'])} informative fields, limit "

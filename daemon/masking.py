@@ -16,9 +16,10 @@ from typing import Any
 from connectors.mask_message import FieldEntry, MaskMessage
 from daemon.config import Settings
 from daemon.settings_map import policy_config_from
+from models.evidence import FieldEvidence, GateEvidence, build_evidence
 from models.interning import Interner
 from models.mi import MIState
-from models.policy import FieldEvidence, MaskPolicy
+from models.policy import MaskPolicy
 
 
 class MaskBuilder:
@@ -47,23 +48,9 @@ class MaskBuilder:
         self._published_signature = self._signature(msg)
 
     def evidence(self, mi: MIState, gates_report: dict[str, Any] | None) -> list[FieldEvidence]:
-        gate_open: dict[str, float] = (gates_report or {}).get("field_gates", {})
-        out = []
-        for sc in mi.scores():
-            out.append(
-                FieldEvidence(
-                    name=sc.name,
-                    score=float(sc.score),
-                    mi=float(sc.mi),
-                    z=float(sc.z),
-                    examples=int(sc.examples),
-                    positives=int(sc.positives),
-                    cardinality=int(sc.cardinality),
-                    gate_open=gate_open.get(sc.name),
-                    redundant_with=sc.redundant_with,
-                )
-            )
-        return out
+        """The policy's input: MI scores, pair gains and field gates (models/evidence.py)."""
+        scores, pairs = mi.scores_and_pairs()
+        return build_evidence(scores, pairs, GateEvidence.from_report(gates_report))
 
     def build(
         self,
@@ -73,14 +60,19 @@ class MaskBuilder:
         watermark_ms: int,
     ) -> tuple[MaskMessage, bool]:
         """The next mask message (version = publisher's next) and whether it differs from the last published."""
-        decision = self.policy.update(self.evidence(mi, gates_report))
+        gates = GateEvidence.from_report(gates_report)
+        evidence = self.evidence(mi, gates_report)
+        strength = self.policy.gate_strength(gates, evidence)
+        decision = self.policy.update(evidence, strength)
         closed: dict[str, list[str]] = (gates_report or {}).get("closed_values", {})
         fields: dict[str, FieldEntry] = {}
         for name, d in decision.fields.items():
             # value gates refine a field the gates keep open; when the field gate itself is closed
             # (MI keeps it, gates would not) every seen value reads as closed, and publishing them
-            # all would make apply() drop a field the mask says to keep
-            refine = d.keep and d.gate_open is not None and d.gate_open >= self.settings.gate_enter
+            # all would make apply() drop a field the mask says to keep. Gates that have not earned
+            # a vote (weak) close no value either.
+            refine = (strength == "strong" and d.keep and d.gate_open is not None
+                      and d.gate_open >= self.settings.gate_enter)
             values = sorted(closed[name]) if refine and closed.get(name) else None
             fields[name] = FieldEntry(
                 keep=d.keep, score=d.score, gate_open=d.gate_open, reason=d.reason,
@@ -94,8 +86,18 @@ class MaskBuilder:
             created_at=int(time.time() * 1000),
             watermark=int(watermark_ms),
             fields=fields,
+            policy=policy_summary(decision, self.policy.config),
         )
         return msg, self._signature(msg) != self._published_signature
+
+
+def policy_summary(decision: Any, config: Any) -> dict[str, Any]:
+    """The mask's ``policy`` object: the rule and how much of its budget the dropped set uses."""
+    out: dict[str, Any] = {"mode": config.mode, "gate_evidence": decision.gate_evidence}
+    if decision.drop_budget is not None:
+        out.update({"drop_budget": config.drop_budget, "drop_budget_nats": decision.drop_budget,
+                    "drop_bound_nats": decision.drop_bound})
+    return out
 
 
 def named_gate_report(report: dict[str, Any] | None, interner: Interner) -> dict[str, Any] | None:

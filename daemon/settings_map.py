@@ -41,6 +41,9 @@ def mi_config_from(settings: Settings) -> Any:
         block_ms=int(settings.mi_block_s * 1000),
         blocks=settings.mi_blocks,
         pairs_top_n=settings.pairs_top_n,
+        max_pairs=settings.max_pairs,
+        pair_budget=settings.pair_budget,
+        pair_keep_z=settings.pair_min_z,
     )
 
 
@@ -49,6 +52,12 @@ def policy_config_from(settings: Settings) -> Any:
 
     return PolicyConfig(
         mode=settings.policy_mode,
+        drop_budget=settings.drop_budget,
+        drop_confidence_z=settings.drop_confidence_z,
+        drop_hysteresis=settings.drop_hysteresis,
+        pair_min_z=settings.pair_min_z,
+        gate_min_windows=settings.gate_min_windows,
+        gate_min_auc=settings.gate_min_auc,
         enter_threshold=settings.enter_threshold,
         exit_threshold=settings.exit_threshold,
         min_examples=settings.min_examples,

@@ -1,4 +1,4 @@
-"""The mask policy: per-field evidence (MI score, field gate) → keep/drop decisions.
+"""The mask policy: per-field evidence (MI score, pairs, field gate) → keep/drop decisions.
 
 Pure and deterministic: no clock, no I/O, no randomness. The decision of one
 ``update`` depends only on the policy state and the *set* of evidence given
@@ -6,17 +6,20 @@ Pure and deterministic: no clock, no I/O, no randomness. The decision of one
 is explained in docs/policy.md; in short, per field and in this order:
 
 1. protected fields are kept;
-2. without enough evidence (examples, positives, a finite score) the previous
-   decision (or ``initial_keep`` for a new field) is held;
-3. each available kind of evidence *votes* with hysteresis against the
-   field's previous decision (a kept field is dropped only below the exit
-   threshold or, for MI, when its significance falls below ``exit_z``; a
-   dropped one is re-kept only at or above the enter threshold and, for MI,
-   ``min_z``), and the mode combines the votes (``both``: every vote must
-   support keeping);
+2. a field without enough evidence (examples, positives, a finite score) is
+   **kept** (``insufficient_evidence``): under-powered is never dropped;
+3. mode ``budget`` (the default): fields are dropped only while, together,
+   an upper confidence bound of what they are worth costs at most
+   ``drop_budget`` of AUC (models/drop_budget.py); a field
+   with a significant pair gain or a strong open gate is kept. The other
+   modes (``mi``, ``gates``, ``both``, ``either``) let each kind of evidence
+   *vote* with hysteresis against thresholds, and combine the votes;
+   gates vote only once they have earned it (``GateEvidence.strength``);
 4. redundant fields are dropped when their stronger twin is kept (optional);
 5. a budget keeps at most K fields (or a share of them) by score;
-6. at most ``max_changes_per_update`` decisions change, largest margin first.
+6. at most ``max_changes_per_update`` decisions change, largest margin first;
+7. a mask with no field is never the answer: every field is kept
+   (``empty_mask_refused``).
 """
 
 from __future__ import annotations
@@ -27,8 +30,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-MODES = ("mi", "gates", "both", "either")
+from models.drop_budget import BudgetTarget, decide_budget
+from models.evidence import GATE_STRENGTHS, FieldEvidence, GateEvidence
+
+__all__ = ["FieldEvidence", "GateEvidence", "MaskPolicy", "PolicyConfig", "MaskDecision", "FieldDecision"]
+
+MODES = ("budget", "mi", "gates", "both", "either")
 REASONS = (
+    "within_drop_budget",
+    "exceeds_drop_budget",
+    "pair_with:<field>",
+    "empty_mask_refused",
+    "id_like",
     "score_above_enter",
     "held_in_band",
     "score_below_exit",
@@ -50,58 +63,32 @@ class PolicyStateError(ValueError):
 
 
 @dataclass(frozen=True)
-class FieldEvidence:
-    """What the scorers know about one field at one update.
-
-    ``score`` is the cardinality-corrected MI (nats), ``z`` its significance
-    against a permutation null, ``gate_open`` the field gate's decision in
-    [0, 1] (1 open, 0 closed; across instances the example-weighted mean, so a
-    fraction means they disagree; None while the gate model has no completed
-    window or gates are disabled), ``redundant_with`` the stronger field this
-    one nearly duplicates (None if not flagged).
-    """
-
-    name: str
-    score: float
-    mi: float = 0.0
-    z: float = 0.0
-    examples: int = 0
-    positives: int = 0
-    cardinality: int = 0
-    gate_open: float | None = None
-    redundant_with: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name:
-            raise ValueError("FieldEvidence.name must be a non-empty string")
-        if self.gate_open is not None and not 0.0 <= self.gate_open <= 1.0:
-            raise ValueError(
-                f"FieldEvidence.gate_open of {self.name!r} must be in [0, 1] or None, "
-                f"got {self.gate_open!r}"
-            )
-        if self.examples < 0 or self.positives < 0 or self.positives > self.examples:
-            raise ValueError(
-                f"FieldEvidence of {self.name!r}: need 0 <= positives <= examples, "
-                f"got positives={self.positives}, examples={self.examples}"
-            )
-
-
-@dataclass(frozen=True)
 class PolicyConfig:
     """Settings of :class:`MaskPolicy`; validated on construction (ValueError names the setting).
 
-    The default mode is ``"both"``: a field is kept only if every *available*
-    kind of evidence supports keeping it; gate evidence that is not yet
-    available (``gate_open is None``) is neutral, so the policy falls back to MI.
-    ``None`` for ``max_changes_per_update``, ``budget_k`` or ``budget_share``
-    means no cap / no budget.
+    The default mode is ``"budget"``: fields are dropped only while the
+    dropped set's value costs, with confidence, at most ``drop_budget`` AUC
+    points (models/drop_budget.py). The voting modes:
+    ``"both"`` keeps a field only if every *available* kind of evidence
+    supports keeping it; gate evidence that is not yet available
+    (``gate_open is None``) or has not earned a vote is neutral, so the
+    policy falls back to MI. ``None`` for ``max_changes_per_update``,
+    ``budget_k`` or ``budget_share`` means no cap / no budget.
 
     Significance has hysteresis like the score: a dropped field is kept again
     only with ``z >= min_z``, a kept one is dropped (``not_significant``) once
     ``z < exit_z``. ``-inf`` disables either test.
     """
 
-    mode: str = "both"
+    mode: str = "budget"
+    drop_budget: float = 0.001  # AUC points the dropped fields may cost together
+    drop_confidence_z: float = 2.0
+    drop_hysteresis: float = 0.2
+    pair_min_z: float = 6.0  # with ~2000 pairs tried, chance gains reach z 4-4.5
+    gate_min_windows: int = 2
+    gate_min_auc: float = 0.55
+    id_like_share: float = 0.5
+    refuse_empty: bool = True  # never decide a mask without fields (the daemon always refuses)
     enter_threshold: float = 2e-4
     exit_threshold: float = 1e-4
     gate_enter: float = 0.5
@@ -136,6 +123,20 @@ class PolicyConfig:
                 f"policy gate thresholds need 0 <= gate_exit <= gate_enter <= 1; got "
                 f"gate_exit={self.gate_exit}, gate_enter={self.gate_enter}"
             )
+        if not 0.0 <= self.drop_budget <= 1.0:
+            raise ValueError(f"policy drop_budget must be in [0, 1] (AUC points); got {self.drop_budget}")
+        if not 0.0 <= self.drop_confidence_z < math.inf:
+            raise ValueError(f"policy drop_confidence_z must be a finite number >= 0; got {self.drop_confidence_z}")
+        if not 0.0 <= self.drop_hysteresis < 1.0:
+            raise ValueError(f"policy drop_hysteresis must be in [0, 1); got {self.drop_hysteresis}")
+        if math.isnan(self.pair_min_z):
+            raise ValueError("policy pair_min_z must be a number (inf: pairs never keep a field)")
+        if not 0.0 < self.id_like_share <= 1.0:
+            raise ValueError(f"policy id_like_share must be in (0, 1]; got {self.id_like_share}")
+        if self.gate_min_windows < 1:
+            raise ValueError("policy gate_min_windows must be >= 1")
+        if not 0.0 <= self.gate_min_auc <= 1.0:
+            raise ValueError(f"policy gate_min_auc must be in [0, 1]; got {self.gate_min_auc}")
         if self.min_examples < 0 or self.min_positives < 0:
             raise ValueError("policy min_examples and min_positives must be >= 0")
         if math.isnan(self.min_z):
@@ -185,6 +186,9 @@ class MaskDecision:
     fields: dict[str, FieldDecision]
     changed: tuple[str, ...]
     deferred: tuple[str, ...]
+    gate_evidence: str = "none"  # none | weak | strong: whether the gates had a vote
+    drop_budget: float | None = None  # mode budget: the budget (nats per example)
+    drop_bound: float | None = None  # mode budget: the dropped set's cost bound (nats per example)
 
     @property
     def kept(self) -> tuple[str, ...]:
@@ -204,11 +208,7 @@ class _Vote(NamedTuple):
     margin: float  # relative distance past the threshold that was compared
 
 
-class _Target(NamedTuple):
-    keep: bool
-    reason: str
-    margin: float
-    forced: bool = False  # protected: bypasses the change cap
+_Target = BudgetTarget  # keep, reason, margin, forced (protected: bypasses the change cap)
 
 
 def _rel(distance: float, threshold: float) -> float:
@@ -244,22 +244,70 @@ class MaskPolicy:
         return tuple(self._history.get(name, ()))
 
     # ------------------------------------------------------------------ update
-    def update(self, evidence: Sequence[FieldEvidence]) -> MaskDecision:
-        """Decide every field in ``evidence``; raises ValueError on duplicate field names."""
+    def gate_strength(self, gates: GateEvidence | None, evidence: Sequence[FieldEvidence] = ()) -> str:
+        """``none``, ``weak`` or ``strong``: whether ``gates`` have earned a vote under this config.
+
+        Beside the gate model's own record (:meth:`GateEvidence.strength`), the gates must agree
+        with MI where MI is sure: a gate model that closes a field whose MI is significant
+        (``z >= min_z``, with enough evidence) ranks fields unlike the evidence that can be
+        checked, and gets no vote on the fields that cannot.
+        """
+        if gates is None:
+            return "none"
+        cfg = self.config
+        strength = gates.strength(cfg.gate_min_windows, cfg.gate_min_auc, cfg.drop_budget)
+        contradicted = any(
+            e.z >= cfg.min_z and self._sufficient(e) and gates.field_gates.get(e.name, 1.0) < cfg.gate_exit
+            for e in evidence
+        )
+        return "weak" if strength == "strong" and contradicted else strength
+
+    def update(self, evidence: Sequence[FieldEvidence], gate_evidence: str | None = None) -> MaskDecision:
+        """Decide every field in ``evidence``; raises ValueError on duplicate field names.
+
+        ``gate_evidence`` is the gates' strength (:meth:`gate_strength`): only ``strong``
+        gates vote. ``None`` (callers that only pass ``gate_open``) counts gates as strong
+        when any field has a gate, as before gates had to earn their vote.
+        """
         by_name: dict[str, FieldEvidence] = {}
         for e in evidence:
             if e.name in by_name:
                 raise ValueError(f"duplicate evidence for field {e.name!r}")
             by_name[e.name] = e
+        if gate_evidence is None:
+            gate_evidence = "strong" if any(e.gate_open is not None for e in evidence) else "none"
+        if gate_evidence not in GATE_STRENGTHS:
+            raise ValueError(f"gate_evidence must be one of {', '.join(GATE_STRENGTHS)}; got {gate_evidence!r}")
+        strong = gate_evidence == "strong"
+        cfg = self.config
         names = sorted(by_name)
-        prior = {n: self._keep.get(n, self.config.initial_keep) for n in names}
-        target = {n: self._judge(by_name[n], prior[n]) for n in names}
-        if self.config.drop_redundant:
+        prior = {n: self._keep.get(n, cfg.initial_keep) for n in names}
+        budget = bound = None
+        if cfg.mode == "budget":
+            outcome = decide_budget(
+                by_name, prior, protected=cfg.protected,
+                sufficient={n: self._sufficient(by_name[n]) for n in names},
+                drop_budget=cfg.drop_budget, confidence_z=cfg.drop_confidence_z,
+                hysteresis=cfg.drop_hysteresis, pair_min_z=cfg.pair_min_z, gate_strong=strong,
+                gate_enter=cfg.gate_enter, gate_exit=cfg.gate_exit, id_like_share=cfg.id_like_share,
+            )
+            target = dict(outcome.targets)
+            budget, bound = outcome.budget, outcome.bound
+        else:
+            target = {n: self._judge(by_name[n], prior[n], strong) for n in names}
+        if cfg.drop_redundant and cfg.mode != "budget":
+            # mode budget drops a near-duplicate only through the budget: the copy of a field is
+            # cheap in information but not in model terms (a second embedding of the same field;
+            # dropping the small preset's copy cost 0.0025 AUC, docs/policy.md)
             self._mark_redundant(by_name, target)
-        limit = self.config.budget_limit(len(names))
+        limit = cfg.budget_limit(len(names))
         if limit is not None:
             self._apply_budget(by_name, prior, target, limit)
         final, deferred = self._cap(names, prior, target, limit)
+        if cfg.refuse_empty and names and not any(keep for keep, _ in final.values()):
+            # an empty mask is never what a serving team wants: keep every field and say why
+            final = {n: (True, "empty_mask_refused") for n in names}
+            deferred = ()
 
         self._updates += 1
         fields: dict[str, FieldDecision] = {}
@@ -270,7 +318,7 @@ class MaskPolicy:
                 keep, reason, e.score, e.gate_open, e.z, e.examples, e.positives
             )
         changed = tuple(n for n in names if final[n][0] != prior[n])
-        return MaskDecision(self._updates, fields, changed, deferred)
+        return MaskDecision(self._updates, fields, changed, deferred, gate_evidence, budget, bound)
 
     def _sufficient(self, e: FieldEvidence) -> bool:
         cfg = self.config
@@ -315,19 +363,19 @@ class MaskPolicy:
             return _Vote(True, "gate_open", _rel(g - enter, enter))
         return _Vote(False, "gate_closed" if g < exit_ else "held_in_band", 0.0)
 
-    def _judge(self, e: FieldEvidence, kept: bool) -> _Target:
+    def _judge(self, e: FieldEvidence, kept: bool, gates_vote: bool) -> _Target:
         cfg = self.config
         if e.name in cfg.protected:
             return _Target(True, "protected", math.inf, forced=True)
-        if not self._sufficient(e):
-            return _Target(kept, "insufficient_evidence", 0.0)
+        if not self._sufficient(e):  # under-powered: kept, never dropped
+            return _Target(True, "insufficient_evidence", 0.0)
         votes = []
         if cfg.mode != "gates":
             votes.append(self._mi_vote(e, kept))
-        if cfg.mode != "mi" and e.gate_open is not None:
+        if cfg.mode != "mi" and e.gate_open is not None and gates_vote:
             votes.append(self._gate_vote(e.gate_open, kept))
-        if not votes:  # mode "gates" before the first completed gate window
-            return _Target(kept, "insufficient_evidence", 0.0)
+        if not votes:  # mode "gates" before the gates have earned a vote
+            return _Target(True, "insufficient_evidence", 0.0)
         keep = (
             any(v.supports for v in votes)
             if cfg.mode == "either"

@@ -138,7 +138,7 @@ def test_evaluate_cli_on_a_small_csv(tmp_path: Path) -> None:
     for key in ("rows", "warmup_rows", "evaluated_rows", "fields", "methods", "aukc", "rankings", "timing"):
         assert key in a
     assert a["rows"] == 4000 and a["evaluated_rows"] == 3000 and "t" not in a["fields"]
-    assert set(a["methods"]) == {"all", "featsieve-mi", "featsieve-gates", "featsieve-both", "topk-mi",
+    assert set(a["methods"]) == {"all", "featsieve", "featsieve-mi", "featsieve-gates", "featsieve-both", "topk-mi",
                                  "topk-gates", "topk-random"}
     for m, v in a["methods"].items():
         for p in v["points"]:

@@ -28,10 +28,11 @@ def _mi_with_two_informative_fields() -> tuple[MIState, Interner]:
     n = 40_000
     a = rng.integers(0, 4, n)
     b = rng.integers(0, 4, n)
+    c = rng.integers(0, 4, n)  # noise
     p = 0.02 + 0.05 * (a == 0) + 0.05 * (b == 1)
     y = (rng.random(n) < p).astype(np.int8)
     interner = Interner()
-    encoded = interner.encode([{"a": f"a{i}", "b": f"b{j}"} for i, j in zip(a, b, strict=True)])
+    encoded = interner.encode([{"a": f"a{i}", "b": f"b{j}", "c": f"c{k}"} for i, j, k in zip(a, b, c, strict=True)])
     settings = load_settings(env={})
     mi = MIState(mi_config_from(settings))
     mi.update(encoded, y, np.full(n, 1_700_000_000_000, dtype=np.int64))
@@ -40,20 +41,46 @@ def _mi_with_two_informative_fields() -> tuple[MIState, Interner]:
 
 def test_closed_values_are_published_only_for_fields_the_gates_keep_open() -> None:
     mi, _ = _mi_with_two_informative_fields()
-    builder = MaskBuilder(load_settings(env={}))  # policy_mode mi: both fields kept on their MI
-    report = {
-        "field_gates": {"a": 1.0, "b": 0.0},
-        "closed_values": {"a": ["a3"], "b": ["b0", "b1", "b2", "b3"]},
-        "metrics": {},
+    builder = MaskBuilder(load_settings(env={"FEATSIEVE_PROTECTED_FIELDS": "c"}))
+    msg, changed = builder.build(mi, _report(windows=2, auc=0.7), _Versions(), watermark_ms=0)
+    assert changed and msg.version == 1
+    assert msg.policy is not None and msg.policy["gate_evidence"] == "strong"
+    a, b, c = msg.fields["a"], msg.fields["b"], msg.fields["c"]
+    assert a.keep and b.keep and c.keep, (a, b, c)
+    assert a.closed_values == ("a3",) and b.closed_values is None
+    # c is kept (protected) though its field gate is closed: all its values read as closed, and
+    # publishing them would make apply() drop a field the mask keeps
+    assert c.closed_values is None and c.gate_open == 0.0
+    # unprotected, the strong gates' closed field gate drops c (MI does not vouch for it)
+    msg, _ = MaskBuilder(load_settings(env={})).build(mi, _report(windows=2, auc=0.7), _Versions(), watermark_ms=0)
+    assert (msg.fields["c"].keep, msg.fields["c"].reason, msg.fields["c"].closed_values) == (False, "gate_closed", None)
+
+
+def _report(windows: int, auc: float) -> dict[str, object]:
+    return {
+        "field_gates": {"a": 1.0, "b": 1.0, "c": 0.0},
+        "closed_values": {"a": ["a3"], "c": ["c0", "c1", "c2", "c3"]},
+        "metrics": {"windows": float(windows), "auc_ungated": auc},
         "examples": 40_000,
     }
-    msg, changed = builder.build(mi, report, _Versions(), watermark_ms=0)
-    assert changed and msg.version == 1
-    a, b = msg.fields["a"], msg.fields["b"]
-    assert a.keep and b.keep, (a, b)
-    assert a.closed_values == ("a3",)
-    # b's field gate is closed: all its values read as closed; publishing them would drop a kept field
-    assert b.closed_values is None and b.gate_open == 0.0
+
+
+def test_gates_that_close_a_field_mi_proves_informative_get_no_vote() -> None:
+    mi, _ = _mi_with_two_informative_fields()
+    report = _report(windows=2, auc=0.7)
+    report["field_gates"] = {"a": 1.0, "b": 0.0, "c": 0.0}
+    msg, _ = MaskBuilder(load_settings(env={})).build(mi, report, _Versions(), watermark_ms=0)
+    assert msg.policy is not None and msg.policy["gate_evidence"] == "weak"
+    assert msg.fields["b"].keep and all(f.closed_values is None for f in msg.fields.values())
+
+
+def test_gates_that_have_not_earned_a_vote_close_no_value_and_the_mask_says_so() -> None:
+    mi, _ = _mi_with_two_informative_fields()
+    for report, strength in ((_report(windows=1, auc=0.7), "weak"), (_report(windows=5, auc=0.5), "weak")):
+        msg, _ = MaskBuilder(load_settings(env={})).build(mi, report, _Versions(), watermark_ms=0)
+        assert msg.policy is not None and msg.policy["gate_evidence"] == strength
+        assert msg.policy["mode"] == "budget" and msg.policy["drop_budget"] == 0.001
+        assert all(f.closed_values is None for f in msg.fields.values())
 
 
 def test_no_gate_report_means_no_closed_values() -> None:

@@ -1,4 +1,6 @@
-"""MaskPolicy: every decision rule, hysteresis, modes, budget, change cap, order and restore."""
+"""MaskPolicy's voting modes (mi, gates, both, either): every decision rule, hysteresis, budget,
+change cap, order and restore. The default mode, ``budget``, has its own tests
+(tests/test_drop_budget.py); here ``PolicyConfig`` defaults to mode ``both``."""
 
 from __future__ import annotations
 
@@ -18,9 +20,16 @@ from models.policy import (
     FieldEvidence,
     MaskDecision,
     MaskPolicy,
-    PolicyConfig,
     PolicyStateError,
 )
+from models.policy import PolicyConfig as _PolicyConfig
+
+
+def PolicyConfig(**kw: object) -> _PolicyConfig:  # noqa: N802 - stands in for the class
+    """The voting-mode config these tests exercise: mode ``both`` unless given; one field may be
+    dropped alone (the empty-mask refusal has its own tests in tests/test_drop_budget.py)."""
+    return _PolicyConfig(**{"mode": "both", "refuse_empty": False, **kw})  # type: ignore[arg-type]
+
 
 ENTER, EXIT = PolicyConfig().enter_threshold, PolicyConfig().exit_threshold
 MIN_Z, EXIT_Z = PolicyConfig().min_z, PolicyConfig().exit_z
@@ -73,6 +82,7 @@ def dropped_policy(*names: str, config: PolicyConfig | None = None) -> MaskPolic
 
 # ------------------------------------------------------------------ defaults
 def test_defaults_are_the_documented_ones() -> None:
+    assert _PolicyConfig().mode == "budget"
     cfg = PolicyConfig()
     assert (cfg.mode, cfg.enter_threshold, cfg.exit_threshold) == ("both", 2e-4, 1e-4)
     assert (cfg.min_z, cfg.exit_z, cfg.min_examples, cfg.min_positives) == (4.0, 2.0, 2000, 50)
@@ -114,17 +124,19 @@ def test_protected_bypasses_the_change_cap_and_budget() -> None:
     ids=["few-examples", "few-positives", "nan-score", "inf-score", "-inf-score", "nan-z"],
 )
 @pytest.mark.parametrize("initial_keep", [True, False])
-def test_insufficient_evidence_uses_initial_keep_for_a_new_field(
+def test_insufficient_evidence_keeps_a_new_field_whatever_initial_keep(
     evidence: FieldEvidence, initial_keep: bool
 ) -> None:
     d = decide(MaskPolicy(PolicyConfig(initial_keep=initial_keep)), evidence).fields["f"]
-    assert (d.keep, d.reason) == (initial_keep, "insufficient_evidence")
+    assert (d.keep, d.reason) == (True, "insufficient_evidence")
 
 
-def test_insufficient_evidence_holds_the_previous_decision() -> None:
+def test_insufficient_evidence_keeps_even_a_field_dropped_before() -> None:
+    """Under-powered evidence is never a reason to drop: a field whose evidence thins out is kept."""
     policy = dropped_policy("f")  # initial_keep is True: the drop is a real decision
+    assert policy.current()["f"] is False
     d = decide(policy, ev("f", 1.0, examples=10, positives=5)).fields["f"]
-    assert (d.keep, d.reason) == (False, "insufficient_evidence")
+    assert (d.keep, d.reason) == (True, "insufficient_evidence")
     policy = MaskPolicy(PolicyConfig(initial_keep=False))
     decide(policy, ev("f", 1e-2))
     d = decide(policy, ev("f", 0.0, examples=10, positives=5)).fields["f"]
@@ -132,19 +144,29 @@ def test_insufficient_evidence_holds_the_previous_decision() -> None:
 
 
 def test_exact_minimum_evidence_is_enough() -> None:
-    d = decide(MaskPolicy(), ev("f", 0.0, examples=2000, positives=50)).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 0.0, examples=2000, positives=50)).fields["f"]
     assert (d.keep, d.reason) == (False, "score_below_exit")
 
 
-def test_gates_mode_without_a_gate_window_holds() -> None:
+def test_gates_mode_without_a_gate_window_keeps() -> None:
     policy = MaskPolicy(PolicyConfig(mode="gates", initial_keep=False))
     d = decide(policy, ev("f", 1.0, gate=None)).fields["f"]
-    assert (d.keep, d.reason) == (False, "insufficient_evidence")
+    assert (d.keep, d.reason) == (True, "insufficient_evidence")
+
+
+@pytest.mark.parametrize("strength", ["weak", "none"])
+def test_gates_that_have_not_earned_a_vote_never_drop(strength: str) -> None:
+    for mode in ("gates", "both"):
+        policy = MaskPolicy(PolicyConfig(mode=mode))
+        d = policy.update([ev("f", 1e-2, gate=0.0)], gate_evidence=strength).fields["f"]
+        assert d.keep, (mode, strength, d.reason)
+    strong = MaskPolicy(PolicyConfig(mode="both")).update([ev("f", 1e-2, gate=0.0)], gate_evidence="strong")
+    assert (strong.fields["f"].keep, strong.fields["f"].reason) == (False, "gate_closed")
 
 
 # ---------------------------------------------------------------- hysteresis
 def test_band_score_holds_either_decision() -> None:
-    kept = decide(MaskPolicy(), ev("f", 1.5e-4)).fields["f"]
+    kept = decide(MaskPolicy(PolicyConfig()), ev("f", 1.5e-4)).fields["f"]
     assert (kept.keep, kept.reason) == (True, "held_in_band")
     dropped = decide(dropped_policy("f"), ev("f", 1.5e-4)).fields["f"]
     assert (dropped.keep, dropped.reason) == (False, "held_in_band")
@@ -152,8 +174,8 @@ def test_band_score_holds_either_decision() -> None:
 
 def test_thresholds_are_inclusive_as_documented() -> None:
     # A kept field at exactly the exit threshold stays; just below, it goes.
-    assert decide(MaskPolicy(), ev("f", EXIT)).fields["f"].keep
-    d = decide(MaskPolicy(), ev("f", math.nextafter(EXIT, 0))).fields["f"]
+    assert decide(MaskPolicy(PolicyConfig()), ev("f", EXIT)).fields["f"].keep
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", math.nextafter(EXIT, 0))).fields["f"]
     assert (d.keep, d.reason) == (False, "score_below_exit")
     # A dropped field at exactly the enter threshold and min_z comes back.
     d = decide(dropped_policy("f"), ev("f", ENTER, z=MIN_Z)).fields["f"]
@@ -174,7 +196,7 @@ band_scores = st.floats(EXIT, ENTER, exclude_min=True, exclude_max=True)
 def test_scores_between_the_thresholds_never_flap(
     first: bool, scores: list[float], zs: list[float]
 ) -> None:
-    policy = MaskPolicy()
+    policy = MaskPolicy(PolicyConfig())
     decide(policy, ev("f", 1e-2 if first else 0.0))  # first decision: keep or drop
     for s, z in zip(scores, zs, strict=False):
         d = decide(policy, ev("f", s, z=z))
@@ -194,7 +216,7 @@ def test_scores_between_the_thresholds_never_flap(
 def test_significance_between_exit_z_and_min_z_never_flaps(
     first: bool, steps: list[tuple[float, float]]
 ) -> None:
-    policy = MaskPolicy()
+    policy = MaskPolicy(PolicyConfig())
     decide(policy, ev("f", 1e-2 if first else 0.0))
     for s, z in steps:
         d = decide(policy, ev("f", s, z=z))
@@ -250,13 +272,13 @@ def test_min_z_minus_inf_disables_the_entry_significance_test() -> None:
 
 # ----------------------------------------------------------------- exit rules
 def test_kept_field_below_exit_is_dropped() -> None:
-    d = decide(MaskPolicy(), ev("f", 5e-5)).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 5e-5)).fields["f"]
     assert (d.keep, d.reason) == (False, "score_below_exit")
 
 
 def test_kept_noise_field_in_band_is_dropped_as_not_significant() -> None:
     # The case that motivated exit_z: an ID-like field scores 1.5e-4 nats by chance.
-    policy = MaskPolicy()
+    policy = MaskPolicy(PolicyConfig())
     decide(policy, ev("user_id", 1e-3))
     d = decide(policy, ev("user_id", 1.5e-4, z=1.0))
     assert (d.fields["user_id"].keep, d.fields["user_id"].reason) == (False, "not_significant")
@@ -264,23 +286,23 @@ def test_kept_noise_field_in_band_is_dropped_as_not_significant() -> None:
 
 
 def test_kept_field_with_a_high_score_but_no_significance_is_dropped() -> None:
-    d = decide(MaskPolicy(), ev("f", 1e-2, z=0.0)).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 1e-2, z=0.0)).fields["f"]
     assert (d.keep, d.reason) == (False, "not_significant")
-    d = decide(MaskPolicy(), ev("f", 1e-2, z=-math.inf)).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 1e-2, z=-math.inf)).fields["f"]
     assert (d.keep, d.reason) == (False, "not_significant")
 
 
 def test_exit_z_is_inclusive_and_the_z_band_holds() -> None:
-    d = decide(MaskPolicy(), ev("f", 1e-2, z=EXIT_Z)).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 1e-2, z=EXIT_Z)).fields["f"]
     assert (d.keep, d.reason) == (True, "held_in_band")
-    d = decide(MaskPolicy(), ev("f", 1e-2, z=math.nextafter(EXIT_Z, 0))).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 1e-2, z=math.nextafter(EXIT_Z, 0))).fields["f"]
     assert (d.keep, d.reason) == (False, "not_significant")
-    d = decide(MaskPolicy(), ev("f", 1e-2, z=MIN_Z)).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 1e-2, z=MIN_Z)).fields["f"]
     assert (d.keep, d.reason) == (True, "score_above_enter")
 
 
 def test_score_below_exit_is_the_reason_when_both_exits_apply() -> None:
-    d = decide(MaskPolicy(), ev("f", 0.0, z=0.0)).fields["f"]
+    d = decide(MaskPolicy(PolicyConfig()), ev("f", 0.0, z=0.0)).fields["f"]
     assert (d.keep, d.reason) == (False, "score_below_exit")
 
 
@@ -579,11 +601,11 @@ def test_decisions_do_not_depend_on_evidence_order(
 
 def test_duplicate_evidence_is_rejected() -> None:
     with pytest.raises(ValueError, match="duplicate evidence for field 'a'"):
-        MaskPolicy().update([ev("a"), ev("a", 0.0)])
+        MaskPolicy(PolicyConfig()).update([ev("a"), ev("a", 0.0)])
 
 
 def test_fields_absent_from_an_update_keep_their_state() -> None:
-    policy = MaskPolicy()
+    policy = MaskPolicy(PolicyConfig())
     decide(policy, ev("a", 0.0), ev("b"))
     d = decide(policy, ev("b"))
     assert list(d.fields) == ["b"] and policy.current() == {"a": False, "b": True}
@@ -628,7 +650,7 @@ def test_snapshot_restore_continues_identically(
 
 
 def test_snapshot_is_plain_json_data() -> None:
-    policy = MaskPolicy()
+    policy = MaskPolicy(PolicyConfig())
     decide(policy, ev("a", 0.0), ev("b"))
     snap = policy.snapshot()
     again = MaskPolicy.restore(PolicyConfig(), json.loads(json.dumps(snap)))
@@ -659,7 +681,7 @@ def test_snapshot_from_before_exit_z_restores() -> None:
 
 
 def test_restore_truncates_history_to_the_new_length() -> None:
-    policy = MaskPolicy()
+    policy = MaskPolicy(PolicyConfig())
     for s in (1e-2, 0.0, 1e-2, 0.0):
         decide(policy, ev("f", s))
     restored = MaskPolicy.restore(PolicyConfig(history_len=2), policy.snapshot())
@@ -739,7 +761,7 @@ def test_field_evidence_validation(kwargs: dict, match: str) -> None:
 
 
 def test_decision_carries_its_evidence() -> None:
-    d = MaskPolicy().update([ev("f", 3e-4, z=7.5, examples=5000, positives=60, gate=0.7)])
+    d = MaskPolicy(PolicyConfig()).update([ev("f", 3e-4, z=7.5, examples=5000, positives=60, gate=0.7)])
     fd = d.fields["f"]
     assert (fd.score, fd.z, fd.examples, fd.positives, fd.gate_open) == (3e-4, 7.5, 5000, 60, 0.7)
     assert d.update == 1 and d.kept == ("f",)
