@@ -5,7 +5,7 @@ on its own worker, see :mod:`daemon.gate_worker`). Signal handlers only set a
 flag; the loop finishes the batch in hand, publishes, checkpoints and exits 0.
 A second signal exits at once.
 
-Checkpoint order (DESIGN.md): flush what was produced (dead letters) and
+Checkpoint order: flush what was produced (dead letters) and
 confirm delivery → write the snapshot atomically → commit offsets. At
 start-up the snapshot's offsets win over the group's committed offsets, so a
 crash at any point replays exactly the records the snapshot does not reflect.
