@@ -164,9 +164,10 @@ class Coordinator:
         return combine_gate_reports(reports)
 
     # ------------------------------------------------------------- policy
-    def publish_policy(self, policy: dict[str, Any], epoch: int, version: int) -> None:
+    def publish_policy(self, policy: dict[str, Any], epoch: int, version: int,
+                       incarnation: str | None = None) -> None:
         self.stats.send(policy_key(self.model), {"policy": policy, "epoch": epoch, "version": version,
-                                                 "instance": self.instance})
+                                                 "incarnation": incarnation, "instance": self.instance})
 
     def policy_from_topic(self) -> dict[str, Any] | None:
         self.view.catch_up()

@@ -102,6 +102,7 @@ class MaskBuilder:
             created_at=int(time.time() * 1000),
             watermark=int(watermark_ms),
             fields=fields,
+            incarnation=getattr(publisher, "incarnation", None),
         )
         return msg, self._signature(msg) != self._published_signature
 
