@@ -12,7 +12,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from featsieve_client import FieldEntry, MaskDiff, MaskMessage, MaskSubscriber, encode
-from tests.private_broker import free_ports
+from tests.private_broker import PrivateBroker, free_ports
 
 pytestmark = [pytest.mark.broker]
 
@@ -164,3 +164,24 @@ def test_kafka_options_may_not_override_what_the_subscriber_sets() -> None:
         sub._options()
     with pytest.raises(ValueError, match="model_id"):
         MaskSubscriber("")
+
+
+@pytest.mark.slow
+def test_stop_is_bounded_and_the_thread_ends_when_the_broker_went_away(tmp_path: Any) -> None:
+    broker = PrivateBroker(tmp_path / "broker")
+    broker.up()
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        admin.create_topics([NewTopic("masks", 1, 1)])
+        admin.close()
+        send(broker.bootstrap, "masks", mask(1))
+        sub = MaskSubscriber("m", broker.bootstrap, topic="masks").start()
+        assert sub.wait_ready(60)
+        broker.down()
+        time.sleep(3)  # the subscriber now retries a broker that is gone
+        assert sub.ready and sub.current().version == 1  # it keeps what it has
+        t0 = time.monotonic()
+        assert sub.stop(timeout=5), "the subscriber thread is still alive"
+        assert time.monotonic() - t0 < 5.5
+    finally:
+        broker.down()
