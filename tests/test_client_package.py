@@ -121,3 +121,27 @@ def test_the_check_sees_the_daemons_patch(tmp_path: Path) -> None:
     code = UNPATCHED.replace("{after_import}", "import connectors.kafka_io")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode != 0 and "_sock_recv" in out.stderr, out.stdout + out.stderr[-2000:]
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    import importlib
+    import inspect
+
+    missing = []
+    for name in ("featsieve_client", "featsieve_client.mask", "featsieve_client.subscriber",
+                 "featsieve_client.apply"):
+        module = importlib.import_module(name)  # (featsieve_client.apply the attribute is the function)
+        assert module.__doc__, module.__name__
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{module.__name__}.{name}")
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                        continue
+                    if not (member.__doc__ or "").strip():
+                        missing.append(f"{module.__name__}.{name}.{attr}")
+    assert not missing, missing
