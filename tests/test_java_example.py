@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaProducer
 
 from featsieve_client import FieldEntry, MaskMessage, MaskSubscriber, apply, encode
-from tests.conftest import ROOT, featsieve, kcat_read
+from tests.conftest import ROOT, GatedMasks, featsieve, kcat_read
 from tests.test_schemas import run_daemon
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -130,3 +130,20 @@ def test_java_equals_python_on_masks_a_daemon_published(built: Path, bootstrap: 
     assert [typed(g) for g in got] == [typed(json.loads(orjson.dumps(e))) for e in expected]
     assert any(len(e) < len(f) for e, f in zip(expected, inputs, strict=True)) or all(
         f.keep for f in mask.fields.values())
+
+
+def test_java_equals_python_on_closed_values_a_daemon_published(built: Path, gated_masks: GatedMasks) -> None:
+    g = gated_masks
+    mask = python_mask(g.bootstrap, g.mask_topic, g.model)
+    assert any(f.closed_values for f in mask.fields.values())
+    lines = kcat_read(g.bootstrap, g.input_topics.split(",")[0], fmt="%s\n")
+    inputs = [v for line in lines[:300] for v in variants(orjson.loads(line)["features"])]
+    for name, f in mask.fields.items():  # each closed value, as itself and in the other types
+        for c in f.closed_values or ():
+            inputs += [{name: c}, {name: str(c)}, {name: float(c) if not isinstance(c, str) else c + "!"}]
+    expected = [apply(mask, f) for f in inputs]
+    got = run_java(g.bootstrap, g.mask_topic, g.model, inputs)
+    assert [typed(x) for x in got] == [typed(json.loads(orjson.dumps(e))) for e in expected]
+    blanked = sum(1 for e, f in zip(expected, inputs, strict=True) for k, v in e.items()
+                  if v is None and f.get(k) is not None)
+    assert blanked > 0, "no closed value was applied"

@@ -14,7 +14,8 @@ import pytest
 
 from connectors import codec
 from featsieve_client import MaskFormatError, decode
-from tests.conftest import BIN, ROOT, featsieve, kcat_read
+from featsieve_client.mask import closed_value
+from tests.conftest import BIN, ROOT, GatedMasks, featsieve, kcat_read
 
 EVENT_SCHEMA = json.loads((ROOT / "schemas" / "event.schema.json").read_text())
 MASK_SCHEMA = json.loads((ROOT / "schemas" / "mask.schema.json").read_text())
@@ -177,3 +178,27 @@ def test_real_events_and_real_masks_validate(bootstrap: str, unique: str, tmp_pa
         MASKS.validate(doc)
         assert decode(value).model_id == key == unique
         assert doc["fields"], "a mask of the generated stream names its fields"
+
+
+def typed(v: Any) -> tuple[str, Any]:
+    return (type(v).__name__, v)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_closed_values_a_daemon_published_validate_and_keep_the_events_types(gated_masks: GatedMasks) -> None:
+    g = gated_masks
+    docs = [orjson.loads(line) for line in kcat_read(g.bootstrap, g.mask_topic, fmt="%s\n")]
+    for doc in docs:
+        MASKS.validate(doc)
+    closed = {(name, typed(v)) for doc in docs for name, f in doc["fields"].items()
+              for v in f.get("closed_values") or ()}
+    assert closed, "the daemon published no closed values"
+    seen: set[tuple[str, tuple[str, Any]]] = set()
+    for line in kcat_read(g.bootstrap, g.input_topics.split(",")[0], fmt="%s\n"):
+        for name, v in orjson.loads(line)["features"].items():
+            if v is not None:
+                seen.add((name, typed(closed_value(v))))
+    # every closed value is a value its field carried in the events, with the type it had there
+    # (an integral float as its integer, as docs/mask-format.md says)
+    assert closed <= seen, closed - seen
