@@ -12,6 +12,7 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from featsieve_client import FieldEntry, MaskDiff, MaskMessage, MaskSubscriber, encode
+from tests.conftest import featsieve
 from tests.private_broker import PrivateBroker, free_ports
 
 pytestmark = [pytest.mark.broker]
@@ -185,3 +186,15 @@ def test_stop_is_bounded_and_the_thread_ends_when_the_broker_went_away(tmp_path:
         assert time.monotonic() - t0 < 5.5
     finally:
         broker.down()
+
+
+def test_masks_cli_says_why_it_could_not_read_the_topic(bootstrap: str, unique: str) -> None:
+    proc = featsieve("masks", "--get", "--bootstrap", bootstrap, "--mask-topic", f"{unique}.none",
+                     "--timeout", "3", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"could not read {unique}.none to its end within 3 s: "
+                                   f"topic {unique}.none does not exist (yet) on {bootstrap}")
+    dead = f"127.0.0.1:{free_ports(1)}"
+    proc = featsieve("masks", "--get", "--bootstrap", dead, "--timeout", "3", check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"connecting to {dead}: no broker has answered yet" in proc.stderr

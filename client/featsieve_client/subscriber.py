@@ -120,6 +120,8 @@ class MaskSubscriber:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._status = "not started"
+        self._attempts = 0
+        self._last_error = ""
         self._thread = threading.Thread(target=self._run, name=f"mask-subscriber-{model_id}", daemon=True)
 
     # ---------------------------------------------------------------- lifecycle
@@ -252,7 +254,11 @@ class MaskSubscriber:
         while not self._stop.is_set():
             consumer: KafkaConsumer | None = None
             try:
-                self._set_status(f"connecting to {servers}")
+                if self._attempts:
+                    self._set_status(f"{self._last_error}; connecting to {servers} again")
+                else:
+                    self._set_status(f"connecting to {servers}: no broker has answered yet")
+                self._attempts += 1
                 consumer = KafkaConsumer(**self._options())
                 parts = consumer.partitions_for_topic(self.topic)
                 while not parts and not self._stop.is_set():
@@ -274,7 +280,8 @@ class MaskSubscriber:
             except (KafkaError, OSError) as exc:
                 if self._stop.is_set():
                     return
-                self._set_status(f"cannot read {self.topic} from {servers}: {type(exc).__name__}: {exc}")
+                self._last_error = f"cannot read {self.topic} from {servers}: {type(exc).__name__}: {exc}"
+                self._set_status(self._last_error)
                 log.warning("mask subscriber: %s; reconnecting in %.1f s", exc, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
