@@ -15,6 +15,8 @@ RUN python -m venv /opt/featsieve
 ENV PATH=/opt/featsieve/bin:$PATH
 RUN pip install --index-url "$TORCH_INDEX_URL" "torch>=2.2"
 WORKDIR /src
+COPY client ./client
+RUN pip install ./client
 COPY pyproject.toml README.md ./
 COPY models ./models
 COPY connectors ./connectors

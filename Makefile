@@ -13,9 +13,11 @@ help:
 	@echo "make lint        ruff, import contracts, mypy"
 	@echo "make kafka-up | kafka-down | kafka-status"
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# featsieve-client first: the daemon depends on it, and it is installed from ./client
+	$(BIN)/pip install -q -e ./client
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
@@ -43,7 +45,7 @@ test-fast: venv
 	$(BIN)/pytest -m "not broker and not slow and not prometheus" -q
 
 lint: venv
-	$(BIN)/ruff check daemon connectors models tests
+	$(BIN)/ruff check daemon connectors models tests client
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 

@@ -1,4 +1,4 @@
-"""Event codec, schema v1 (DESIGN.md "Events"): bytes ⇄ ``Impression`` / ``Click`` / ``Labeled``.
+"""Event codec, schema v1 (docs/events.md, schemas/event.schema.json): bytes ⇄ ``Impression`` / ``Click`` / ``Labeled``.
 
 Decoding is the first thing done to every input record (~80k/s), so the good
 path is ``orjson.loads`` plus a handful of C-level checks; the slow,

@@ -10,12 +10,20 @@ Two fences, one inside Kafka and one in the message:
   end, takes ``epoch = max(seen, restored) + 1`` and continues the version
   sequence, so a subscriber that has seen the new writer rejects anything an
   old one still manages to get through.
+
+Every mask also carries the writer's ``incarnation`` (docs/mask-format.md): a random id
+made when there is nothing to continue, i.e. the writer's state is new (no restored
+position) or the topic holds no mask of the model (a new or recreated topic). A restored
+position keeps its incarnation, so restarts and failovers continue one lineage.
+Subscribers follow a different incarnation whatever its ``(epoch, version)``, so one that
+held a mask of a deleted topic does not ignore the writer that starts again at epoch 1.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from kafka import KafkaProducer, TopicPartition
@@ -34,8 +42,31 @@ class WriterFencedError(RuntimeError):
 
 @dataclass(frozen=True)
 class PublishedPosition:
+    """Where a writer's sequence stands; ``incarnation`` None in snapshots made before it existed."""
+
     epoch: int
     version: int
+    incarnation: str | None = None
+
+
+def new_incarnation() -> str:
+    """A fresh incarnation id: 32 random hex digits."""
+    return uuid.uuid4().hex
+
+
+def choose_incarnation(restored: PublishedPosition | None, latest: MaskMessage | None) -> tuple[str, str]:
+    """The writer's incarnation and why: a new one when there is nothing to continue (no
+    restored state, or no mask of the model on the topic), else the restored one (or, for a
+    snapshot older than incarnations, the one on the topic)."""
+    if latest is None:
+        return new_incarnation(), "the mask topic holds no mask of this model"
+    if restored is None:
+        return new_incarnation(), "no saved writer state"
+    if restored.incarnation:
+        return restored.incarnation, "restored"
+    if latest.incarnation:
+        return latest.incarnation, "taken from the mask topic"
+    return new_incarnation(), "neither the state nor the topic had one"
 
 
 def read_latest(
@@ -99,6 +130,7 @@ class MaskPublisher:
         r_version = restored.version if restored else 0
         self.epoch = max(seen_epoch, r_epoch) + 1
         self.version = max(seen_version, r_version)
+        self.incarnation, why = choose_incarnation(restored, latest)
         self.fenced = False
         self.last_published: MaskMessage | None = None
         self.last_publish_time: float | None = None
@@ -107,7 +139,8 @@ class MaskPublisher:
         self._transactional = transactional
         if transactional:
             self._producer.init_transactions()
-        log.info("mask writer for model %s: epoch %d, continuing after version %d", model_id, self.epoch, self.version)
+        log.info("mask writer for model %s: epoch %d, continuing after version %d, incarnation %s (%s)",
+                 model_id, self.epoch, self.version, self.incarnation, why)
 
     def next_version(self) -> int:
         return self.version + 1
@@ -118,6 +151,8 @@ class MaskPublisher:
             raise WriterFencedError(f"writer for model {self.model_id} was fenced by a newer instance")
         if msg.epoch != self.epoch or msg.version <= self.version:
             raise ValueError(f"mask ({msg.epoch},{msg.version}) is not the next of writer ({self.epoch},{self.version})")
+        if msg.incarnation != self.incarnation:
+            raise ValueError(f"mask of incarnation {msg.incarnation} given to writer of {self.incarnation}")
         raw = mask_message.encode(msg)
         try:
             if self._transactional:
@@ -154,7 +189,7 @@ class MaskPublisher:
         return isinstance(getattr(manager, "last_error", None), ProducerFencedError | InvalidProducerEpochError)
 
     def position(self) -> PublishedPosition:
-        return PublishedPosition(self.epoch, self.version)
+        return PublishedPosition(self.epoch, self.version, self.incarnation)
 
     def close(self) -> None:
         try:

@@ -35,8 +35,10 @@ from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAs
 from kafka.errors import KafkaError
 
 from connectors.kafka_io import KafkaEndpoint, make_consumer, subscribe
+from connectors.mask_message import closed_value_key
 from connectors.stats import StatsPublisher, StatsView, gates_key, policy_key, shard_key
 from daemon.config import Settings
+from daemon.masking import typed_closed_values
 from daemon.shards import ShardState
 from models.mi import MIState
 
@@ -162,9 +164,10 @@ class Coordinator:
         return combine_gate_reports(reports)
 
     # ------------------------------------------------------------- policy
-    def publish_policy(self, policy: dict[str, Any], epoch: int, version: int) -> None:
+    def publish_policy(self, policy: dict[str, Any], epoch: int, version: int,
+                       incarnation: str | None = None) -> None:
         self.stats.send(policy_key(self.model), {"policy": policy, "epoch": epoch, "version": version,
-                                                 "instance": self.instance})
+                                                 "incarnation": incarnation, "instance": self.instance})
 
     def policy_from_topic(self) -> dict[str, Any] | None:
         self.view.catch_up()
@@ -198,12 +201,16 @@ def combine_gate_reports(reports: list[dict[str, Any]]) -> dict[str, Any] | None
         for name, share in r["field_gates"].items():
             acc, wsum = fields.get(name, (0.0, 0.0))
             fields[name] = (acc + w * float(share), wsum + w)
-    closed_votes: dict[str, dict[str, float]] = {}
+    # votes per closed value, by its key: True and 1 (equal in Python) are different values
+    closed_votes: dict[str, dict[tuple[int, Any], float]] = {}
+    closed_named: dict[tuple[int, Any], Any] = {}
     for r, w in zip(reports, weights, strict=True):
         for name, values in (r.get("closed_values") or {}).items():
             votes = closed_votes.setdefault(name, {})
-            for v in values:
-                votes[v] = votes.get(v, 0.0) + w
+            for v in typed_closed_values(values):
+                vkey = closed_value_key(v)
+                closed_named.setdefault(vkey, v)
+                votes[vkey] = votes.get(vkey, 0.0) + w
     metrics: dict[str, float | None] = {}
     for key in ("auc_gated", "auc_ungated", "logloss_gated", "logloss_ungated"):
         pairs = [(w, r["metrics"][key]) for r, w in zip(reports, weights, strict=True)
@@ -214,7 +221,8 @@ def combine_gate_reports(reports: list[dict[str, Any]]) -> dict[str, Any] | None
     return {
         "field_gates": {n: acc / wsum for n, (acc, wsum) in sorted(fields.items())},
         "closed_values": {
-            n: sorted(v for v, w in votes.items() if w > total / 2) for n, votes in sorted(closed_votes.items())
+            n: [closed_named[k] for k in sorted(k for k, w in votes.items() if w > total / 2)]
+            for n, votes in sorted(closed_votes.items())
         },
         "metrics": metrics,
         "examples": int(sum(float(r.get("examples") or 0) for r in reports)),

@@ -3,8 +3,8 @@
 Precedence (lowest to highest): built-in defaults, the TOML file given with
 ``--config``, ``FEATSIEVE_<NAME>`` environment variables, command-line flags.
 Every setting is declared once in ``SETTINGS``; its env name and flag are
-derived from its name, so the contract in DESIGN.md (``FEATSIEVE_BOOTSTRAP`` /
-``--bootstrap`` ...) cannot drift from the code.
+derived from its name, so the operator contract (``FEATSIEVE_BOOTSTRAP`` /
+``--bootstrap`` ..., listed by ``featsieve run --help``) cannot drift from the code.
 
 Any invalid value stops start-up with a :class:`ConfigError` whose message
 names the setting, where the value came from, and what is allowed.
@@ -96,7 +96,7 @@ def _topic_ok(value: str) -> str | None:
 
 S = Setting
 SETTINGS: tuple[Setting, ...] = (
-    # --- the DESIGN.md contract ---
+    # --- the first settings operators meet (README "Running it") ---
     S("bootstrap", "list", ["127.0.0.1:9092"], "Kafka bootstrap servers, comma-separated host:port", check=_bootstrap_ok),
     S("input_topics", "list", ["ad.impressions", "ad.clicks"], "input topics, comma-separated", check=_topics_ok),
     S("mask_topic", "str", "featsieve.masks", "compacted output topic for masks", check=_topic_ok),

@@ -11,9 +11,16 @@ heartbeat republishes them).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from connectors.mask_message import FieldEntry, MaskMessage
+from connectors.mask_message import (
+    ClosedValue,
+    FieldEntry,
+    MaskMessage,
+    closed_value,
+    closed_value_key,
+)
 from daemon.config import Settings
 from daemon.settings_map import policy_config_from
 from models.evidence import FieldEvidence, GateEvidence, build_evidence
@@ -40,8 +47,9 @@ class MaskBuilder:
 
     @staticmethod
     def _signature(msg: MaskMessage) -> tuple[Any, ...]:
+        # closed values by their key: True and 1 (equal in Python) are different closed values
         return tuple(
-            (name, f.keep, tuple(f.closed_values or ())) for name, f in sorted(msg.fields.items())
+            (name, f.keep, tuple(sorted(f.closed_keys()))) for name, f in sorted(msg.fields.items())
         )
 
     def published(self, msg: MaskMessage) -> None:
@@ -64,7 +72,7 @@ class MaskBuilder:
         evidence = self.evidence(mi, gates_report)
         strength = self.policy.gate_strength(gates, evidence)
         decision = self.policy.update(evidence, strength)
-        closed: dict[str, list[str]] = (gates_report or {}).get("closed_values", {})
+        closed: dict[str, list[ClosedValue]] = (gates_report or {}).get("closed_values", {})
         fields: dict[str, FieldEntry] = {}
         for name, d in decision.fields.items():
             # value gates refine a field the gates keep open; when the field gate itself is closed
@@ -73,7 +81,7 @@ class MaskBuilder:
             # a vote (weak) close no value either.
             refine = (strength == "strong" and d.keep and d.gate_open is not None
                       and d.gate_open >= self.settings.gate_enter)
-            values = sorted(closed[name]) if refine and closed.get(name) else None
+            values = typed_closed_values(closed[name]) if refine and closed.get(name) else None
             fields[name] = FieldEntry(
                 keep=d.keep, score=d.score, gate_open=d.gate_open, reason=d.reason,
                 z=d.z, examples=d.examples, positives=d.positives, closed_values=values,
@@ -87,6 +95,7 @@ class MaskBuilder:
             watermark=int(watermark_ms),
             fields=fields,
             policy=policy_summary(decision, self.policy.config),
+            incarnation=getattr(publisher, "incarnation", None),
         )
         return msg, self._signature(msg) != self._published_signature
 
@@ -100,6 +109,19 @@ def policy_summary(decision: Any, config: Any) -> dict[str, Any]:
     return out
 
 
+def typed_closed_values(values: Iterable[Any]) -> list[ClosedValue]:
+    """Event values as the mask carries them in ``closed_values``: with their JSON type (strings,
+    booleans, integers; an integral float as its integer; docs/mask-format.md), one per distinct
+    value by the matching rule (``3`` and ``3.0`` are one), in :func:`closed_value_key` order.
+    Values a mask cannot carry (integers past 64 bits) are left out: serving passes them."""
+    out: dict[tuple[int, Any], ClosedValue] = {}
+    for v in values:
+        carried = closed_value(v)
+        if carried is not None:
+            out.setdefault(closed_value_key(carried), carried)
+    return [out[k] for k in sorted(out)]
+
+
 def named_gate_report(report: dict[str, Any] | None, interner: Interner) -> dict[str, Any] | None:
     """A gate model's report (keyed by column, closed values as hashes) keyed by field and value names.
 
@@ -108,12 +130,12 @@ def named_gate_report(report: dict[str, Any] | None, interner: Interner) -> dict
     if report is None:
         return None
     fields = interner.fields
-    closed: dict[str, list[str]] = {}
+    closed: dict[str, list[ClosedValue]] = {}
     for col, hashes in (report.get("closed_values") or {}).items():
         if int(col) < len(fields) and hashes:
-            names = interner.values_for(int(col), list(hashes))
-            if names:
-                closed[fields[int(col)]] = sorted(names)
+            values = typed_closed_values(interner.values_of(int(col), list(hashes)))
+            if values:
+                closed[fields[int(col)]] = values
     metrics = dict(report.get("metrics") or {})
     return {
         "field_gates": {fields[int(c)]: float(v) for c, v in (report.get("field_gates") or {}).items()

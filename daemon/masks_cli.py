@@ -75,8 +75,10 @@ def masks_command(args: argparse.Namespace, settings: Settings) -> int:
     if not follow:
         sub = MaskSubscriber(model, topic=settings.mask_topic, endpoint=endpoint).start()
         try:
-            if not sub.wait_ready(args.timeout):
-                print(f"could not read {settings.mask_topic} to its end within {args.timeout:.0f} s", file=sys.stderr)
+            ready = sub.wait_ready(args.timeout)
+            if not ready:
+                print(f"could not read {settings.mask_topic} to its end within {args.timeout:.0f} s: "
+                      f"{ready.reason}", file=sys.stderr)
                 return 1
             msg = sub.current()
         finally:

@@ -5,7 +5,7 @@ on its own worker, see :mod:`daemon.gate_worker`). Signal handlers only set a
 flag; the loop finishes the batch in hand, publishes, checkpoints and exits 0.
 A second signal exits at once.
 
-Checkpoint order (DESIGN.md): flush what was produced (dead letters) and
+Checkpoint order: flush what was produced (dead letters) and
 confirm delivery → write the snapshot atomically → commit offsets. At
 start-up the snapshot's offsets win over the group's committed offsets, so a
 crash at any point replays exactly the records the snapshot does not reflect.
@@ -200,7 +200,8 @@ class Daemon:
         self.masks.restore(state["policy"])
         pub = state.get("publisher")
         if pub:
-            self.restored_position = PublishedPosition(int(pub["epoch"]), int(pub["version"]))
+            self.restored_position = PublishedPosition(int(pub["epoch"]), int(pub["version"]),
+                                                       pub.get("incarnation"))
         self._restored_gates = state.get("gates")
         self.events_seen_total = int(state.get("events_seen", 0))
         return loaded.size_bytes
@@ -230,9 +231,11 @@ class Daemon:
             "events_seen": self.events_seen_total,
         }
 
-    def _position_snapshot(self) -> dict[str, int] | None:
+    def _position_snapshot(self) -> dict[str, Any] | None:
         pos = self.publisher.position() if self.publisher is not None else self.restored_position
-        return {"epoch": pos.epoch, "version": pos.version} if pos is not None else None
+        if pos is None:
+            return None
+        return {"epoch": pos.epoch, "version": pos.version, "incarnation": pos.incarnation}
 
     # ------------------------------------------------------------- rebalance
     # kafka-python runs these callbacks on its network thread: nothing here may block on a
@@ -498,7 +501,8 @@ class Daemon:
         published = self.coordinator.policy_from_topic()
         if published is not None:
             self.masks.restore(published["policy"])
-            pos = PublishedPosition(int(published["epoch"]), int(published["version"]))
+            pos = PublishedPosition(int(published["epoch"]), int(published["version"]),
+                                    published.get("incarnation"))
             if restored is None or (pos.epoch, pos.version) > (restored.epoch, restored.version):
                 restored = pos
         # a new transactional producer fences the previous writer; the epoch outranks every mask seen
@@ -832,7 +836,7 @@ class Daemon:
                 return
             self.masks.published(msg)
             if self.coordinator is not None:
-                self.coordinator.publish_policy(self.masks.snapshot(), msg.epoch, msg.version)
+                self.coordinator.publish_policy(self.masks.snapshot(), msg.epoch, msg.version, msg.incarnation)
             self.metrics.mask_publishes.labels(trigger).inc()
             self.metrics.mask_version.set(msg.version)
             kept = sum(1 for f in msg.fields.values() if f.keep)

@@ -542,8 +542,14 @@ class Interner:
 
     def values_for(self, col: int, hashes: list[int]) -> list[str]:
         """Names of the values with these hashes that the column remembers (see the module docstring)."""
+        return [display(v) for v in self.values_of(col, hashes)]
+
+    def values_of(self, col: int, hashes: list[int]) -> list[Any]:
+        """The values themselves (as the events carried them: str, int, float or bool) with these
+        hashes that the column remembers, in the order of ``hashes`` without repeats. The mask
+        carries closed values with their JSON type, so the type must survive to it."""
         names = self._names[col].names or {}
-        return [display(names[h]) for h in dict.fromkeys(map(int, hashes)) if h in names]
+        return [names[h] for h in dict.fromkeys(map(int, hashes)) if h in names]
 
     def snapshot(self) -> dict[str, Any]:
         return {

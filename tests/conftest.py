@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,46 @@ def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
         return exc.code, exc.read().decode()
     except OSError as exc:
         return 0, str(exc)
+
+
+@dataclass(frozen=True)
+class GatedMasks:
+    """A generated stream and the masks a real daemon (with gates) published from it."""
+
+    bootstrap: str
+    model: str
+    input_topics: str
+    mask_topic: str
+
+
+@pytest.fixture(scope="session")
+def gated_masks(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> GatedMasks:
+    """Runs the daemon with gates on a generated stream until it has published a mask with closed
+    values (their JSON types come from the events: the small preset has string, integer and float
+    fields), then stops it. Shared by the tests that need real masks with closed values."""
+    from featsieve_client import MaskSubscriber
+
+    name = "t" + uuid.uuid4().hex[:10]
+    topics = f"{name}.impressions,{name}.clicks"
+    featsieve("generate", "--bootstrap", bootstrap, "--preset", "small", "--impressions", "60000",
+              "--input-topics", topics)
+    closed = threading.Event()
+    log = tmp_path_factory.mktemp("gated-log") / "daemon.log"
+    proc = subprocess.Popen(
+        [str(BIN / "featsieve"), "run", "--bootstrap", bootstrap, "--input-topics", topics,
+         "--model-id", name, "--mask-topic", f"{name}.masks", "--dlq-topic", f"{name}.dlq",
+         "--group-id", name, "--state-dir", str(tmp_path_factory.mktemp("gated") / "state"),
+         "--metrics-port", "0", "--mask-interval-s", "0.5", "--attribution-window-s", "120",
+         "--gate-window", "1000"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
+    sub = MaskSubscriber(name, bootstrap, topic=f"{name}.masks", on_update=lambda m: any(
+        f.closed_values for f in m.fields.values()) and closed.set())
+    try:
+        with sub:
+            if not closed.wait(300):
+                raise AssertionError("no mask with closed values in 300 s:\n" + log.read_text()[-3000:])
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=120)
+    return GatedMasks(bootstrap, name, topics, f"{name}.masks")

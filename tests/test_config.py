@@ -1,4 +1,4 @@
-"""Settings: precedence, the DESIGN.md contract names, and clear errors for bad values."""
+"""Settings: precedence, the contract names operators use, and clear errors for bad values."""
 
 from __future__ import annotations
 

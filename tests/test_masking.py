@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from daemon.cluster import combine_gate_reports
 from daemon.config import load_settings
-from daemon.masking import MaskBuilder
+from daemon.masking import MaskBuilder, named_gate_report, typed_closed_values
 from daemon.settings_map import mi_config_from
-from models.interning import Interner
+from featsieve_client import apply, decode, encode
+from models.interning import Interner, value_hash
 from models.mi import MIState
 
 
@@ -87,3 +89,53 @@ def test_no_gate_report_means_no_closed_values() -> None:
     mi, _ = _mi_with_two_informative_fields()
     msg, _ = MaskBuilder(load_settings(env={})).build(mi, None, _Versions(), watermark_ms=0)
     assert all(f.closed_values is None and f.gate_open is None for f in msg.fields.values())
+
+
+def test_closed_values_keep_their_json_type_from_the_events_to_the_mask() -> None:
+    # the interner remembers each value as the event carried it; the mask carries its JSON type
+    interner = Interner()
+    values = ["3", 3, 3.0, 2.5, True, "true", 1]
+    interner.encode([{"a": v} for v in values])
+    hashes = [value_hash(v) for v in values]
+    report = named_gate_report({"closed_values": {0: hashes}, "field_gates": {0: 1.0}}, interner)
+    assert report is not None
+    closed = report["closed_values"]["a"]
+    # 3 and 3.0 are one value by the rule; True and 1, "3" and 3 are not
+    assert closed == [True, 1, 2.5, 3, "3", "true"]
+    assert [type(v) for v in closed] == [bool, int, float, int, str, str]
+
+    mi, _ = _mi_with_two_informative_fields()
+    msg, _ = MaskBuilder(load_settings(env={})).build(
+        mi, {**report, "field_gates": {"a": 1.0, "b": 1.0}}, _Versions(), watermark_ms=0)
+    raw = encode(msg)
+    assert b'"closed_values":[true,1,2.5,3,"3","true"]' in raw
+    published = decode(raw)
+    assert apply(published, {"a": 3.0}) == {"a": None}
+    assert apply(published, {"a": 1}) == {"a": None}
+    assert apply(published, {"a": "1"}) == {"a": "1"}
+    assert apply(published, {"a": False}) == {"a": False}
+
+
+def test_a_closed_value_changing_type_is_a_mask_change() -> None:
+    mi, _ = _mi_with_two_informative_fields()
+    builder = MaskBuilder(load_settings(env={}))
+    report = {"field_gates": {"a": 1.0, "b": 1.0}, "closed_values": {"a": [1]}, "metrics": {}, "examples": 1}
+    first, changed = builder.build(mi, report, _Versions(), watermark_ms=0)
+    assert changed
+    builder.published(first)
+    _, changed = builder.build(mi, {**report, "closed_values": {"a": [1.0]}}, _Versions(), watermark_ms=0)
+    assert not changed  # the same value by the rule
+    _, changed = builder.build(mi, {**report, "closed_values": {"a": [True]}}, _Versions(), watermark_ms=0)
+    assert changed  # True == 1 in Python, but not in the mask
+
+
+def test_instances_vote_on_closed_values_by_type() -> None:
+    def report(values: list[object]) -> dict[str, object]:
+        return {"field_gates": {"a": 1.0}, "closed_values": {"a": values}, "metrics": {}, "examples": 10}
+
+    # one instance closes True, another 1, the third nothing: neither value has a majority
+    assert combine_gate_reports([report([True]), report([1]), report([])])["closed_values"]["a"] == []
+    # 1 and 1.0 are one value: two of three instances close it
+    merged = combine_gate_reports([report([1]), report([1.0]), report(["1"])])
+    assert merged["closed_values"]["a"] == [1]
+    assert typed_closed_values([2**70, "x"]) == ["x"]  # a mask cannot carry it: serving passes it

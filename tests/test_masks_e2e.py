@@ -22,6 +22,7 @@ def mask(pub: MaskPublisher, keep: bool = True) -> MaskMessage:
     return MaskMessage(
         model_id=pub.model_id, version=pub.next_version(), epoch=pub.epoch, created_at=int(time.time() * 1000),
         watermark=0, fields={"a": FieldEntry(keep=keep, score=0.01, reason="score_above_enter")},
+        incarnation=pub.incarnation,
     )
 
 
