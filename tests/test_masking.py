@@ -13,6 +13,9 @@ from models.interning import Interner, value_hash
 from models.mi import MIState
 
 
+STRONG = {"windows": 2.0, "auc_ungated": 0.7}  # a gate model that has earned its vote (docs/policy.md)
+
+
 class _Versions:
     """The two things MaskBuilder asks of a publisher (the real one needs a broker: tests/test_masks_e2e.py)."""
 
@@ -106,7 +109,7 @@ def test_closed_values_keep_their_json_type_from_the_events_to_the_mask() -> Non
 
     mi, _ = _mi_with_two_informative_fields()
     msg, _ = MaskBuilder(load_settings(env={})).build(
-        mi, {**report, "field_gates": {"a": 1.0, "b": 1.0}}, _Versions(), watermark_ms=0)
+        mi, {**report, "field_gates": {"a": 1.0, "b": 1.0}, "metrics": STRONG}, _Versions(), watermark_ms=0)
     raw = encode(msg)
     assert b'"closed_values":[true,1,2.5,3,"3","true"]' in raw
     published = decode(raw)
@@ -119,7 +122,7 @@ def test_closed_values_keep_their_json_type_from_the_events_to_the_mask() -> Non
 def test_a_closed_value_changing_type_is_a_mask_change() -> None:
     mi, _ = _mi_with_two_informative_fields()
     builder = MaskBuilder(load_settings(env={}))
-    report = {"field_gates": {"a": 1.0, "b": 1.0}, "closed_values": {"a": [1]}, "metrics": {}, "examples": 1}
+    report = {"field_gates": {"a": 1.0, "b": 1.0}, "closed_values": {"a": [1]}, "metrics": STRONG, "examples": 1}
     first, changed = builder.build(mi, report, _Versions(), watermark_ms=0)
     assert changed
     builder.published(first)
