@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     add_setting_flags(ev, names=("mi_max_values", "mi_tail_buckets", "max_fields", "attribution_window_s",
                                  "enter_threshold", "exit_threshold", "min_examples", "min_positives", "min_z",
                                  "exit_z", "gate_enter", "gate_exit", "gate_max_fields", "protected_fields",
+                                 "policy_mode", "drop_budget", "drop_confidence_z", "drop_hysteresis",
+                                 "pair_min_z", "pair_budget", "gate_window", "gate_min_windows", "gate_min_auc",
                                  "log_format", "log_level"))
     return p
 

@@ -89,6 +89,7 @@ class EvalConfig:
     buckets: int = 8192
     dense_lr: float = 3e-2  # Adam step of the compared models' MLP and bias (see docs/evaluation.md)
     gate_max_fields: int = 64
+    gate_window: int = 200_000  # the daemon's continuation window: method featsieve counts its windows
     max_fields: int = 256
     window_ms: int = 1_800_000
     time_column: str | None = None
@@ -279,8 +280,11 @@ def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None
         def decide(at_row: int) -> None:
             g = gate_evidence()
             evidence = _evidence(mi, g)
+            # method featsieve is the daemon with its settings: its gates have completed a window per
+            # gate_window examples, not per warm-up (the variants' gate model and rankings)
+            daemon_g = None if g is None else replace(g, windows=int(gates.examples) // cfg.gate_window)
             for m, run in runs.items():
-                strength = run.policy.gate_strength(g, evidence)
+                strength = run.policy.gate_strength(daemon_g if m == "featsieve" else g, evidence)
                 if not strengths[m] or strengths[m][-1][1] != strength:
                     strengths[m].append([at_row, strength])
                 decision = run.policy.update(evidence, strength)
@@ -599,6 +603,7 @@ def evaluate_command(args: Any, settings: Any) -> int:
             ratios=ratios, methods=methods, seed=args.seed, batch_rows=args.batch_rows,
             warmup_rows=args.warmup_rows, max_rows=args.max_rows, mask_every=args.mask_every,
             buckets=args.buckets, dense_lr=args.dense_lr, gate_max_fields=settings.gate_max_fields, max_fields=settings.max_fields,
+            gate_window=settings.gate_window,
             window_ms=int(settings.attribution_window_s * 1000), time_column=args.time_column,
             mi=mi_config_from(settings), policy=policy_config_from(settings),
         )

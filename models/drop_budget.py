@@ -18,8 +18,11 @@ Before this test, a field is kept when:
 
 * it is protected;
 * its evidence is under-powered: too few examples or positives, a non-finite
-  score, or a noise scale so wide that even alone it could not be shown to
-  fit the budget (``z * sd > B``): ``insufficient_evidence``;
+  score, an unmeasured pair with an informative field (``unmeasured_with``:
+  not counted yet, or too many joint values to count exactly, so an
+  interaction can neither be seen nor ruled out), or a noise scale so wide
+  that even alone it could not be shown to fit the budget (``z * sd > B``):
+  ``insufficient_evidence``;
 * it carries a significant interaction: its best pair (with a partner that
   is not ID-like) gains ``pair_z >= pair_min_z`` over the two fields alone:
   ``pair_with:<other>``;
@@ -110,6 +113,10 @@ def decide_budget(
             targets[n] = BudgetTarget(False, "gate_closed", _rel(gate_exit - e.gate_open, gate_exit))
         elif e.score - confidence_z * e.sd >= budget:  # proven worth more than the whole budget
             targets[n] = BudgetTarget(True, "exceeds_drop_budget", _rel(e.score - confidence_z * e.sd - budget, budget))
+        elif e.unmeasured_with is not None and e.unmeasured_with in by_name:
+            # its interaction with an informative field is not measured: MI alone is no bound on
+            # what the field is worth to a model that crosses the two
+            targets[n] = BudgetTarget(True, "insufficient_evidence", 0.0)
         elif confidence_z * e.sd > budget:
             targets[n] = BudgetTarget(True, "insufficient_evidence", 0.0)
         else:

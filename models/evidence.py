@@ -34,7 +34,9 @@ class FieldEvidence:
     field this one nearly duplicates (None if not flagged). ``pair_with`` is
     the partner of the field's best pair, ``pair_gain`` what the pair scores
     over its two parts (nats) and ``pair_z`` that gain in units of the pair's
-    null sd.
+    null sd. ``unmeasured_with`` names an informative field whose pair with
+    this one has not been measured (not counted yet, or too many joint values
+    to count exactly): an interaction there can neither be seen nor ruled out.
     """
 
     name: str
@@ -50,6 +52,7 @@ class FieldEvidence:
     pair_with: str | None = None
     pair_gain: float = 0.0
     pair_z: float = 0.0
+    unmeasured_with: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -123,12 +126,14 @@ class GateEvidence:
 
 
 def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
-                   gates: GateEvidence | None = None) -> list[FieldEvidence]:
+                   gates: GateEvidence | None = None, z_informative: float = 4.0) -> list[FieldEvidence]:
     """One :class:`FieldEvidence` per field score (models/mi.py ``FieldScore``).
 
     ``pairs`` are ``PairScore``s: each field gets its best pair by ``gain_z``
     (the pair's gain over its parts in units of its null sd; ties by partner
-    name), among pairs with a positive gain. ``gates`` adds each field's gate.
+    name), among pairs with a positive gain, and the first informative field
+    (``z >= z_informative``) whose pair with it is not measured (absent from
+    ``pairs``, or hashed). ``gates`` adds each field's gate.
     """
     best: dict[str, tuple[float, float, str]] = {}
     for p in pairs:
@@ -141,14 +146,20 @@ def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
             if cur is None or cand[0] > cur[0] or (cand[0] == cur[0] and cand[2] < cur[2]):
                 best[me] = cand
     gate_open = dict(gates.field_gates) if gates is not None else {}
+    measured = {p.fields for p in pairs if not getattr(p, "hashed", False)}
+    informative = sorted(s.name for s in scores if s.score - z_informative * getattr(s, "sd", 0.0) > 0
+                         and s.z >= z_informative)
     out = []
     for s in scores:
         pz, pg, partner = best.get(s.name, (0.0, 0.0, None))
+        unmeasured = next((o for o in informative if o != s.name
+                           and (min(o, s.name), max(o, s.name)) not in measured), None)
         out.append(FieldEvidence(
             name=s.name, score=float(s.score), mi=float(s.mi), z=float(s.z),
             examples=int(s.examples), positives=int(s.positives), cardinality=int(s.cardinality),
             gate_open=gate_open.get(s.name), redundant_with=s.redundant_with,
             sd=float(getattr(s, "sd", 0.0)), pair_with=partner, pair_gain=float(pg), pair_z=float(pz),
+            unmeasured_with=unmeasured,
         ))
     return out
 

@@ -97,6 +97,7 @@ class PairScore:
     gain: float  # score - score(a) - score(b): what the pair adds over its parts
     nmi: float  # MI(a; b) / max(H(a), H(b)) over the pair's blocks
     sd: float = 0.0  # sd of the joint's plug-in MI under the null
+    hashed: bool = False  # the joint had more values than max_values: folded, its gain unmeasured
 
     @property
     def gain_z(self) -> float:
@@ -360,7 +361,7 @@ class MIState:
             nmi = min(max((ha + hb - hab) / top, 0.0), 1.0) if top > 0 else 0.0
             sa = fields[pair[0]].score if pair[0] in fields else self._score_field(pair[0], ca).score
             sb = fields[pair[1]].score if pair[1] in fields else self._score_field(pair[1], cb).score
-            result.append(PairScore(pair, score, mi, z, score - sa - sb, nmi, sd))
+            result.append(PairScore(pair, score, mi, z, score - sa - sb, nmi, sd, joint.hashed))
         return sorted(result, key=lambda p: (-p.score, p.fields))
 
     def examples(self) -> int:

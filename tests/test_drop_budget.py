@@ -206,3 +206,33 @@ def test_budget_mode_drops_a_near_duplicate_only_through_the_budget() -> None:
     assert (budget.fields["copy"].keep, budget.fields["copy"].reason) == (True, "exceeds_drop_budget")
     voting = MaskPolicy(PolicyConfig(mode="mi", drop_redundant=True)).update([strong_field(), twin], "none")
     assert (voting.fields["copy"].keep, voting.fields["copy"].reason) == (False, "redundant_with:strong")
+
+
+def test_a_field_whose_interaction_with_an_informative_field_is_unmeasured_is_kept() -> None:
+    """Frappe's context fields: no signal alone, their pairs with the item too wide to count exactly."""
+    ctx = FieldEvidence(name="daytime", score=0.0, z=0.0, sd=1e-5, examples=N, positives=POS, cardinality=7,
+                        unmeasured_with="strong")
+    d = decide([strong_field(), ctx])
+    assert d["daytime"] == (True, "insufficient_evidence")
+    # strong gates have measured it given every other field: their closed gate drops it
+    closed = FieldEvidence(**{**ctx.__dict__, "gate_open": 0.0})
+    assert decide([strong_field(), closed], gates="strong")["daytime"] == (False, "gate_closed")
+
+
+def test_the_evidence_builder_names_an_unmeasured_interaction() -> None:
+    rng = np.random.default_rng(4)
+    n = 20_000
+    wide = rng.integers(0, 3000, n)  # counted exactly alone; with ctx, more joint values than max_values
+    ctx, other = rng.integers(0, 7, n), rng.integers(0, 3, n)
+    labels = (rng.random(n) < 0.02 + 0.3 * (wide % 7 == 0)).astype(np.int8)
+    rows = [{"wide": int(w), "ctx": int(c), "other": int(o)} for w, c, o in zip(wide, ctx, other, strict=True)]
+    state = MIState(MIConfig(block_ms=0, pairs_top_n=0, max_values=4096))
+    state.set_pairs([("ctx", "wide"), ("ctx", "other"), ("other", "wide")])
+    state.update(Interner().encode(rows), labels, np.zeros(n, np.int64))
+    scores, pairs = state.scores_and_pairs()
+    assert {p.fields: p.hashed for p in pairs} == {("ctx", "wide"): True, ("ctx", "other"): False,
+                                                  ("other", "wide"): True}
+    evidence = {e.name: e for e in build_evidence(scores, pairs)}
+    assert evidence["ctx"].unmeasured_with == "wide" and evidence["wide"].unmeasured_with is None
+    measured = {e.name: e for e in build_evidence(scores, [p for p in pairs if not p.hashed])}
+    assert measured["ctx"].unmeasured_with == "wide"  # not counted at all is unmeasured too
