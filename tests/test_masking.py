@@ -12,7 +12,6 @@ from featsieve_client import apply, decode, encode
 from models.interning import Interner, value_hash
 from models.mi import MIState
 
-
 STRONG = {"windows": 2.0, "auc_ungated": 0.7}  # a gate model that has earned its vote (docs/policy.md)
 
 
