@@ -16,7 +16,7 @@ from daemon.logs import register_secret, setup_logging
 
 CONNECTION = ("bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
               "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
-              "kafka_ssl_check_hostname", "log_format", "log_level")
+              "kafka_ssl_check_hostname", "kafka_client_properties", "log_format", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,8 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"featsieve: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format, settings.log_level)
+    from connectors.kafka_io import secret_property  # loaded by setup_logging already
     try:
         register_secret(settings.sasl_password().reveal())
+        for key, value in settings.kafka_client_properties.items():
+            if secret_property(key) and isinstance(value, str):
+                register_secret(value)  # e.g. ssl_password: never in a log line either
     except OSError as exc:
         print(f"featsieve: invalid setting kafka_sasl_password_file: cannot read it ({exc.strerror})", file=sys.stderr)
         return 2
