@@ -178,6 +178,8 @@ def _checked_value(shown: str, value: Any, default: Any) -> Any:
 
     if not isinstance(value, str | int | float | bool):
         raise bad("a string, a number or a boolean")
+    if secret_property(shown) and not isinstance(value, str):
+        raise bad("a string")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise bad("true or false")

@@ -125,3 +125,55 @@ class PrivateBroker:
         proc = self.script("down")
         if proc.returncode != 0:
             raise RuntimeError(f"scripts/kafka down on port {self.port} failed:\n{proc.stderr[-3000:]}")
+
+
+class PrivateCluster:
+    """An N-node KRaft cluster of the test's own (``scripts/kafka cluster-up``): its own free
+    ports (node i: broker ``port + 2(i-1)``, controller the next) and runtime dirs. Always
+    call ``down()``."""
+
+    def __init__(self, home: Path, nodes: int = 3, replication_factor: int = 3, min_insync_replicas: int = 2) -> None:
+        if shutil.which("java") is None:
+            raise RuntimeError("java is not installed: run scripts/install-tools")
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.nodes = nodes
+        self.port = free_ports(2 * nodes)
+        self.bootstraps = [f"127.0.0.1:{self.port + 2 * i}" for i in range(nodes)]
+        self.bootstrap = ",".join(self.bootstraps)
+        self.env = {
+            **os.environ,
+            "KAFKA_PORT": str(self.port),
+            "FEATSIEVE_KAFKA_HOME": str(home / "cluster"),
+            "KAFKA_STOP_TIMEOUT": "20",
+            "KAFKA_HEAP_OPTS": "-Xms128m -Xmx384m",
+            "KAFKA_DEFAULT_REPLICATION_FACTOR": str(replication_factor),
+            "KAFKA_MIN_INSYNC_REPLICAS": str(min_insync_replicas),
+        }
+        for name in ("KAFKA_RESET", "KAFKA_SASL_SSL_PORT", "KAFKA_SCRAM_USERS", "FEATSIEVE_KAFKA_EXTRA_CONFIG",
+                     "KAFKA_CONTROLLER_PORT", "KAFKA_CLUSTER_NODES"):
+            self.env.pop(name, None)
+
+    def script(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                              env={**self.env, **(env or {})}, cwd=ROOT)
+
+    def up(self) -> None:
+        proc = self.script("cluster-up", str(self.nodes))
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/kafka cluster-up on port {self.port} failed:\n{proc.stderr[-3000:]}")
+        if proc.stdout.strip() != self.bootstrap:
+            raise RuntimeError(f"cluster-up printed {proc.stdout.strip()!r}, expected {self.bootstrap!r}")
+
+    def node_down(self, node: int) -> None:
+        """Stop one node (1-based) with the script, as ``scripts/kafka down`` on its port and dir."""
+        env = {"KAFKA_PORT": str(self.port + 2 * (node - 1)), "KAFKA_CONTROLLER_PORT": str(self.port + 2 * (node - 1) + 1),
+               "FEATSIEVE_KAFKA_HOME": str(self.home / "cluster" / f"node-{node}")}
+        proc = self.script("down", env=env)
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/kafka down of node {node} failed:\n{proc.stderr[-3000:]}")
+
+    def down(self) -> None:
+        proc = self.script("cluster-down")
+        if proc.returncode != 0:
+            raise RuntimeError(f"scripts/kafka cluster-down on port {self.port} failed:\n{proc.stderr[-3000:]}")
