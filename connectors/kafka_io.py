@@ -22,11 +22,13 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     InvalidConfigurationError,
     InvalidReplicationFactorError,
+    KafkaConfigurationError,
     KafkaConnectionError,
     KafkaError,
     PolicyViolationError,
     TopicAlreadyExistsError,
 )
+from kafka.net.sasl.oauth import AbstractTokenProvider
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class KafkaSecurity:
     certfile: str = ""
     keyfile: str = ""
     check_hostname: bool = True
+    oauth_token_file: str = ""  # OAUTHBEARER: the file holding the access token
 
     def options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"security_protocol": self.protocol}
@@ -57,9 +60,35 @@ class KafkaSecurity:
                 opts["ssl_keyfile"] = self.keyfile
         if self.protocol.startswith("SASL"):
             opts["sasl_mechanism"] = self.sasl_mechanism
-            opts["sasl_plain_username"] = self.username
-            opts["sasl_plain_password"] = self.password() if callable(self.password) else (self.password or "")
+            if self.sasl_mechanism == "OAUTHBEARER":
+                opts["sasl_oauth_token_provider"] = FileTokenProvider(self.oauth_token_file)
+            else:
+                opts["sasl_plain_username"] = self.username
+                opts["sasl_plain_password"] = self.password() if callable(self.password) else (self.password or "")
         return opts
+
+
+class FileTokenProvider(AbstractTokenProvider):
+    """OAUTHBEARER access tokens from a file, read afresh at every login.
+
+    Whatever obtains and refreshes the token (a sidecar, a Vault or cloud agent, a cron job)
+    writes it to the file; every new broker connection logs in with the token the file holds
+    then, so a refreshed token is used without a restart. The token is never logged.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def token(self) -> str:
+        with open(self.path, encoding="utf-8") as f:
+            value = f.read().strip()
+        if not value:
+            raise KafkaConfigurationError(f"the OAUTHBEARER token file {self.path} is empty")
+        return value
+
+    def __repr__(self) -> str:
+        return f"FileTokenProvider({self.path!r})"
 
 
 @dataclass(frozen=True)
@@ -326,7 +355,8 @@ def broker_connected(client: Any) -> bool:
 _CAUSES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("authentication failed", ("SaslAuthenticationFailed", "Authentication failed", "invalid credentials"),
      "the broker rejected the SASL credentials: check kafka_sasl_username, the password "
-     "(kafka_sasl_password_file) and kafka_sasl_mechanism"),
+     "(kafka_sasl_password_file) and kafka_sasl_mechanism (OAUTHBEARER: the token in "
+     "kafka_sasl_oauth_token_file and its expiry)"),
     ("untrusted broker certificate", ("CERTIFICATE_VERIFY_FAILED",),
      "TLS certificate verification failed: check kafka_ssl_cafile (the CA that signed the broker's "
      "certificate) and kafka_ssl_check_hostname"),

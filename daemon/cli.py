@@ -15,7 +15,7 @@ from daemon.config import ConfigError, add_setting_flags, load_settings
 from daemon.logs import register_secret, setup_logging
 
 CONNECTION = ("bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-              "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+              "kafka_sasl_password_file", "kafka_sasl_oauth_token_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
               "kafka_ssl_check_hostname", "kafka_client_properties", "log_format", "log_level")
 
 

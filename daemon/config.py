@@ -107,6 +107,7 @@ OWNED_CLIENT_CONFIGS: dict[str, str] = {
     "sasl_mechanism": "kafka_sasl_mechanism",
     "sasl_plain_username": "kafka_sasl_username",
     "sasl_plain_password": "kafka_sasl_password_file",
+    "sasl_oauth_token_provider": "kafka_sasl_oauth_token_file",
     "ssl_cafile": "kafka_ssl_cafile",
     "ssl_certfile": "kafka_ssl_certfile",
     "ssl_keyfile": "kafka_ssl_keyfile",
@@ -211,10 +212,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_value_len", "int", 1024, "longer string values are dead-lettered", minimum=1),
     # Kafka security
     S("kafka_security_protocol", "choice", "PLAINTEXT", "Kafka security protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
-    S("kafka_sasl_mechanism", "choice", "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
+    S("kafka_sasl_mechanism", "choice", "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")),
     S("kafka_sasl_username", "str", "", "SASL username"),
     S("kafka_sasl_password", "secret", "", "SASL password (prefer kafka_sasl_password_file)"),
     S("kafka_sasl_password_file", "str", "", "file holding the SASL password (mounted secret)"),
+    S("kafka_sasl_oauth_token_file", "str", "", "OAUTHBEARER: file holding the access token, read again at every login (whatever refreshes the token rewrites the file)"),
     S("kafka_ssl_cafile", "str", "", "CA bundle for verifying the brokers"),
     S("kafka_ssl_certfile", "str", "", "client certificate (mutual TLS)"),
     S("kafka_ssl_keyfile", "str", "", "client private key (mutual TLS)"),
@@ -364,7 +366,14 @@ def _validated(values: dict[str, Any], origins: dict[str, str]) -> Settings:
             f"invalid setting topic_min_insync_replicas: {isr} exceeds topic_replication_factor ({rf}); "
             "no write to the internal topics could ever succeed"
         )
-    if values["kafka_security_protocol"].startswith("SASL") and not values["kafka_sasl_username"]:
+    sasl = values["kafka_security_protocol"].startswith("SASL")
+    if sasl and values["kafka_sasl_mechanism"] == "OAUTHBEARER":
+        token_file = values["kafka_sasl_oauth_token_file"]
+        if not token_file:
+            raise ConfigError("invalid setting kafka_sasl_oauth_token_file: required when kafka_sasl_mechanism is OAUTHBEARER")
+        if not Path(token_file).is_file():
+            raise ConfigError(f"invalid setting kafka_sasl_oauth_token_file: {token_file} is not a readable file")
+    elif sasl and not values["kafka_sasl_username"]:
         raise ConfigError("invalid setting kafka_sasl_username: required when kafka_security_protocol is SASL_*")
     return Settings(values=dict(values), origins=dict(origins))
 

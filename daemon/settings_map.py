@@ -19,6 +19,7 @@ def endpoint_from(settings: Settings, client_id: str = "featsieve") -> KafkaEndp
         certfile=settings.kafka_ssl_certfile,
         keyfile=settings.kafka_ssl_keyfile,
         check_hostname=settings.kafka_ssl_check_hostname,
+        oauth_token_file=settings.kafka_sasl_oauth_token_file,
     )
     return KafkaEndpoint(
         bootstrap=tuple(settings.bootstrap), security=security, client_id=client_id,
