@@ -142,6 +142,7 @@ _FIXED_CONFIGS: Mapping[str, str] = {
     "isolation_level": "mask readers read committed records only",
     "group_instance_id": "one static member id would be shared by every instance of the deployment",
     "consumer_timeout_ms": "featsieve's readers poll with their own timeouts",
+    "api_version": "the clients ask the broker which versions it speaks (pinning is for brokers before 0.10)",
 }
 
 
@@ -283,7 +284,7 @@ def make_consumer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaConsumer:
         **endpoint.options_for(KafkaConsumer),
         **overrides,
     }
-    consumer = KafkaConsumer(**opts)
+    consumer = _construct(KafkaConsumer, endpoint, opts)
     _keep_metadata_rejoins(consumer)
     return consumer
 
@@ -326,11 +327,24 @@ def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
         **endpoint.options_for(KafkaProducer),
         **overrides,
     }
-    return KafkaProducer(**opts)
+    return _construct(KafkaProducer, endpoint, opts)
 
 
 def make_admin(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaAdminClient:
-    return KafkaAdminClient(**{**endpoint.options_for(KafkaAdminClient), **overrides})
+    return _construct(KafkaAdminClient, endpoint, {**endpoint.options_for(KafkaAdminClient), **overrides})
+
+
+def _construct(client_class: Any, endpoint: KafkaEndpoint, opts: dict[str, Any]) -> Any:
+    """``client_class(**opts)``; a value kafka-python refuses while it builds the client (an unknown
+    compression codec, say), when client properties were given, is a :class:`ClientPropertyError`:
+    :func:`client_properties` checks keys and types only."""
+    try:
+        return client_class(**opts)
+    except (ValueError, TypeError) as exc:
+        if not endpoint.properties:
+            raise
+        raise ClientPropertyError(f"kafka-python's {client_class.__name__} refused its configuration: {exc} "
+                                  f"(the client properties given: {', '.join(k for k, _ in endpoint.properties)})") from None
 
 
 def broker_connected(client: Any) -> bool:

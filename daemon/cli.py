@@ -110,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"featsieve: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format, settings.log_level)
-    from connectors.kafka_io import secret_property  # loaded by setup_logging already
+    from connectors.kafka_io import (  # loaded by setup_logging already
+        ClientPropertyError,
+        secret_property,
+    )
     try:
         register_secret(settings.sasl_password().reveal())
         for key, value in settings.kafka_client_properties.items():
@@ -147,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return evaluate_command(args, settings)
     except ConfigError as exc:
         print(f"featsieve: {exc}", file=sys.stderr)
+        return 2
+    except ClientPropertyError as exc:  # a client of generate, masks ... refused a property's value
+        print(f"featsieve: invalid setting kafka_client_properties: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         log.info("interrupted")

@@ -44,6 +44,7 @@ from connectors.decode_worker import (
 )
 from connectors.join import JoinBuffer
 from connectors.kafka_io import (
+    ClientPropertyError,
     TopicConfigError,
     TopicSpec,
     broker_connected,
@@ -416,6 +417,8 @@ class Daemon:
                 forget_connection_failures()
                 log.info("connected to Kafka at %s (%s)", ",".join(self.s.bootstrap), self.s.kafka_security_protocol)
                 return
+            except ClientPropertyError as exc:
+                raise ConfigError(f"invalid setting kafka_client_properties: {exc}") from None
             except (KafkaError, TimeoutError) as exc:
                 self.kafka_ok = False
                 self._close_clients()

@@ -260,3 +260,16 @@ def test_secret_client_properties_are_never_shown() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env={"FEATSIEVE_KAFKA_CLIENT_PROPERTIES": '{"ssl_password": "k3y-pass",'})
     assert "k3y-pass" not in str(info.value)
+
+
+@pytest.mark.broker
+def test_a_value_kafka_python_refuses_stops_start_up_naming_the_setting(bootstrap: str, unique: str,
+                                                                        tmp_path: Path) -> None:
+    """Keys and types are checked with the settings; kafka-python checks some values only when it
+    builds a client (a compression codec): that too is one line and exit 2, not a traceback."""
+    env = {"FEATSIEVE_KAFKA_CLIENT_PROPERTIES": '{"compression.type": "gzp"}'}
+    run = featsieve(*_run_args(bootstrap, unique, tmp_path), env=env, check=False, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("featsieve: invalid setting kafka_client_properties")]
+    assert len(lines) == 1, run.stderr
+    assert "gzp" in lines[0] and "compression_type" in lines[0]
