@@ -482,12 +482,15 @@ class TopicSpec:
     """A topic featsieve needs: created with ``configs`` when missing.
 
     ``required`` names the configs (keys of ``configs``) an existing topic must already satisfy,
-    because featsieve's guarantees depend on them (see :func:`config_satisfies`)."""
+    because featsieve's guarantees depend on them (see :func:`config_satisfies`). ``written``:
+    featsieve produces to it with acks=all, so an existing topic needs at least
+    ``min.insync.replicas`` replicas."""
 
     name: str
     partitions: int = 1
     configs: Mapping[str, str] = field(default_factory=dict)
     required: tuple[str, ...] = ()
+    written: bool = True
 
 
 class TopicConfigError(RuntimeError):
@@ -547,7 +550,8 @@ def ensure_topics(
             raise TopicConfigError(f"the broker refused to create {names} (replication factor "
                                    f"{_rf_text(replication_factor)}{_isr_text(min_insync_replicas)}): "
                                    f"{_broker_reason(exc)}", missing[0].name) from None
-    check_topic_configs(admin, [s for s in specs if s.name not in created and s.required])
+    check_topic_configs(admin, [s for s in specs if s.name not in created and (s.required or s.written)],
+                        replication_factor)
     return created
 
 
@@ -568,19 +572,41 @@ def _broker_reason(exc: KafkaError) -> str:
     return type(exc).__name__
 
 
-def check_topic_configs(admin: KafkaAdminClient, specs: Sequence[TopicSpec]) -> None:
-    """Raise :class:`TopicConfigError` for the first existing topic lacking a required config.
+def check_topic_configs(
+    admin: KafkaAdminClient, specs: Sequence[TopicSpec], replication_factor: int = BROKER_DEFAULT
+) -> None:
+    """Raise :class:`TopicConfigError` for the first existing topic lacking a required config, or
+    written by featsieve with fewer replicas than its ``min.insync.replicas`` (no acks=all write
+    could succeed: a topic made with one replica before the cluster required two, say).
 
-    Read with DescribeConfigs. A topic whose configs the broker does not return (no
-    DescribeConfigs permission) cannot be checked: that is logged as a warning, not fatal.
+    Read with DescribeConfigs and Metadata. A topic whose configs the broker does not return
+    (no DescribeConfigs permission) cannot be checked: that is logged as a warning, not fatal;
+    so is a topic whose replica count differs from an explicit ``replication_factor``
+    (featsieve does not move replicas).
     """
     if not specs:
         return
-    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name, configs={k: None for k in s.required})
+    isr = "min.insync.replicas"
+    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name,
+                                configs=dict.fromkeys((*s.required, *((isr,) if s.written else ()))))
                  for s in specs]
     described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    replicas = {t["name"]: min((len(p["replica_nodes"]) for p in t.get("partitions") or ()), default=0)
+                for t in admin.describe_topics([s.name for s in specs]) if not t.get("error_code")}
     for spec in specs:
         got = described.get(spec.name) or {}
+        count = replicas.get(spec.name, 0)
+        if count and replication_factor != BROKER_DEFAULT and count != replication_factor:
+            log.warning("topic %s exists with %d replicas, not the %d topic_replication_factor asks for; "
+                        "featsieve does not move replicas (kafka-reassign-partitions.sh does)",
+                        spec.name, count, replication_factor)
+        min_isr = (got.get(isr) or {}).get("value")
+        if spec.written and count and min_isr is not None and str(min_isr).isdigit() and count < int(min_isr):
+            raise TopicConfigError(
+                f"topic {spec.name} has {count} replica(s) but {isr}={min_isr}: no acks=all write to it can "
+                f"succeed; add replicas (kafka-reassign-partitions.sh) or lower its {isr} with "
+                f"kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics "
+                f"--entity-name {spec.name} --add-config {isr}={count}", spec.name, isr)
         for name in spec.required:
             needed = spec.configs[name]
             entry = got.get(name)

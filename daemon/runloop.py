@@ -432,8 +432,9 @@ class Daemon:
     def _ensure_topics(self, admin: Any) -> None:
         """Create the internal topics (mask, dead letters; in group mode stats and control) as the
         topic_* settings say; an existing mask or stats topic must be compacted (the newest mask of
-        a model, a shard's state, must outlive retention), the stats topic must take its records.
-        A topic problem is a configuration error: start-up stops (:class:`ConfigError`)."""
+        a model, a shard's state, must outlive retention), the stats topic must take its records,
+        and a topic featsieve writes needs at least its min.insync.replicas replicas. A topic
+        problem is a configuration error: start-up stops (:class:`ConfigError`)."""
         s = self.s
         specs = [
             TopicSpec(s.mask_topic, 1, {"cleanup.policy": "compact"}, required=("cleanup.policy",)),
@@ -441,14 +442,15 @@ class Daemon:
         ]
         if self.group_mode:
             specs += [TopicSpec(s.stats_topic, 1, STATS_TOPIC_CONFIG, required=tuple(STATS_TOPIC_CONFIG)),
-                      TopicSpec(s.control_topic, 1, {})]
+                      # only joined (its owner is the writer), never written
+                      TopicSpec(s.control_topic, 1, {}, written=False)]
         try:
             created = ensure_topics(admin, specs, replication_factor=s.topic_replication_factor,
                                     min_insync_replicas=s.topic_min_insync_replicas)
         except TopicConfigError as exc:
             if exc.config is None:
                 raise ConfigError(f"invalid setting topic_replication_factor/topic_min_insync_replicas: {exc}") from None
-            setting = "stats_topic" if exc.topic == s.stats_topic else "mask_topic"
+            setting = {s.stats_topic: "stats_topic", s.dlq_topic: "dlq_topic"}.get(exc.topic, "mask_topic")
             raise ConfigError(f"invalid setting {setting}: {exc}") from None
         if created:
             log.info("created topics %s (replication factor %s)", ",".join(created),

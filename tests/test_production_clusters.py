@@ -273,3 +273,21 @@ def test_a_value_kafka_python_refuses_stops_start_up_naming_the_setting(bootstra
     lines = [ln for ln in run.stderr.splitlines() if ln.startswith("featsieve: invalid setting kafka_client_properties")]
     assert len(lines) == 1, run.stderr
     assert "gzp" in lines[0] and "compression_type" in lines[0]
+
+
+@pytest.mark.broker
+def test_a_written_topic_with_fewer_replicas_than_its_min_isr_stops_start_up(bootstrap: str, unique: str,
+                                                                            tmp_path: Path) -> None:
+    """A dead-letter topic made with one replica where two must acknowledge (as the old hard-coded
+    replication factor 1 left topics on clusters requiring 2): no write could succeed."""
+    topic = f"{unique}.dlq"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"min.insync.replicas": "2"})])
+        run = featsieve(*_run_args(bootstrap, unique, tmp_path), check=False, timeout=120)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+        lines = [ln for ln in run.stderr.splitlines() if ln.startswith("featsieve: invalid setting dlq_topic: ")]
+        assert len(lines) == 1, run.stderr
+        assert f"topic {topic} has 1 replica(s) but min.insync.replicas=2" in lines[0]
+    finally:
+        admin.close()
