@@ -1,12 +1,15 @@
-"""Kafka clients built one way: bootstrap, security and tuning in one place.
+"""Kafka clients built one way: bootstrap, security, client properties and tuning in one place.
 
 Every consumer, producer and admin client of the daemon and of the mask
-subscriber comes from :func:`client_options`, so TLS/SASL settings apply to
-all of them and secrets are handed to kafka-python only at construction.
+subscriber comes from :func:`make_consumer`, :func:`make_producer` or
+:func:`make_admin` with a :class:`KafkaEndpoint`, so TLS/SASL settings and the
+operator's client properties apply to all of them and secrets are handed to
+kafka-python only at construction.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import ssl
 import time
@@ -16,7 +19,16 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import (
+    InvalidConfigurationError,
+    InvalidReplicationFactorError,
+    KafkaConfigurationError,
+    KafkaConnectionError,
+    KafkaError,
+    PolicyViolationError,
+    TopicAlreadyExistsError,
+)
+from kafka.net.sasl.oauth import AbstractTokenProvider
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +46,7 @@ class KafkaSecurity:
     certfile: str = ""
     keyfile: str = ""
     check_hostname: bool = True
+    oauth_token_file: str = ""  # OAUTHBEARER: the file holding the access token
 
     def options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"security_protocol": self.protocol}
@@ -47,18 +60,50 @@ class KafkaSecurity:
                 opts["ssl_keyfile"] = self.keyfile
         if self.protocol.startswith("SASL"):
             opts["sasl_mechanism"] = self.sasl_mechanism
-            opts["sasl_plain_username"] = self.username
-            opts["sasl_plain_password"] = self.password() if callable(self.password) else (self.password or "")
+            if self.sasl_mechanism == "OAUTHBEARER":
+                opts["sasl_oauth_token_provider"] = FileTokenProvider(self.oauth_token_file)
+            else:
+                opts["sasl_plain_username"] = self.username
+                opts["sasl_plain_password"] = self.password() if callable(self.password) else (self.password or "")
         return opts
+
+
+class FileTokenProvider(AbstractTokenProvider):
+    """OAUTHBEARER access tokens from a file, read afresh at every login.
+
+    Whatever obtains and refreshes the token (a sidecar, a Vault or cloud agent, a cron job)
+    writes it to the file; every new broker connection logs in with the token the file holds
+    then, so a refreshed token is used without a restart. The token is never logged.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def token(self) -> str:
+        with open(self.path, encoding="utf-8") as f:
+            value = f.read().strip()
+        if not value:
+            raise KafkaConfigurationError(f"the OAUTHBEARER token file {self.path} is empty")
+        return value
+
+    def __repr__(self) -> str:
+        return f"FileTokenProvider({self.path!r})"
 
 
 @dataclass(frozen=True)
 class KafkaEndpoint:
-    """Where and how to connect."""
+    """Where and how to connect.
+
+    ``properties`` are extra kafka-python client configs (see :func:`client_properties`), as
+    sorted ``(key, value)`` pairs so that the endpoint stays hashable; each client gets those its
+    class knows (``client_rack`` only reaches consumers, ``linger_ms`` only producers).
+    """
 
     bootstrap: tuple[str, ...] = ("127.0.0.1:9092",)
     security: KafkaSecurity = KafkaSecurity()
     client_id: str = "featsieve"
+    properties: tuple[tuple[str, Any], ...] = ()
 
     def options(self) -> dict[str, Any]:
         if _diagnosis is not None and self.security.protocol.startswith("SASL"):
@@ -68,6 +113,115 @@ class KafkaEndpoint:
             "client_id": self.client_id,
             **self.security.options(),
         }
+
+    def options_for(self, client_class: type) -> dict[str, Any]:
+        """:meth:`options` with the properties that ``client_class`` accepts laid over them."""
+        known = client_class.DEFAULT_CONFIG  # type: ignore[attr-defined]
+        return {**self.options(), **{k: v for k, v in self.properties if k in known}}
+
+
+CLIENT_CLASSES: tuple[type, ...] = (KafkaConsumer, KafkaProducer, KafkaAdminClient)
+
+# Client configs whose value is a Python object (a class, a callable, a token provider, an SSL
+# context): a settings file cannot express them.
+_OBJECT_CONFIGS = frozenset({
+    "sasl_oauth_token_provider", "ssl_context", "selector", "kafka_client", "partitioner",
+    "key_serializer", "value_serializer", "key_deserializer", "value_deserializer",
+    "metric_reporters", "socket_options", "partition_assignment_strategy", "default_offset_commit_callback",
+})
+
+# Client configs featsieve sets itself because its guarantees depend on them.
+_FIXED_CONFIGS: Mapping[str, str] = {
+    "acks": "the producers need acks=all for what they publish to survive a broker's loss",
+    "enable_idempotence": "the producers are idempotent so that retries never duplicate",
+    "retries": "idempotent producers retry until delivery_timeout_ms",
+    "max_in_flight_requests_per_connection": "idempotent producers keep their order only with at most 5",
+    "transactional_id": "the mask writer's transactional id fences older writers of the model",
+    "enable_auto_commit": "offsets are committed with each checkpoint, never automatically",
+    "auto_offset_reset": "a partition without a checkpoint is read from its beginning",
+    "isolation_level": "mask readers read committed records only",
+    "group_instance_id": "one static member id would be shared by every instance of the deployment",
+    "consumer_timeout_ms": "featsieve's readers poll with their own timeouts",
+    "api_version": "the clients ask the broker which versions it speaks (pinning is for brokers before 0.10)",
+}
+
+
+class ClientPropertyError(ValueError):
+    """A client property is unknown, not allowed, or of the wrong type; the message names it."""
+
+
+def _normalise_key(key: str) -> str:
+    """Kafka's own spelling (``client.rack``) or kafka-python's (``client_rack``) -> kafka-python's."""
+    return key.strip().replace(".", "_").replace("-", "_")
+
+
+def client_properties(table: Mapping[str, Any], owned: Mapping[str, str] | None = None) -> tuple[tuple[str, Any], ...]:
+    """Validate operator-given client properties; return them as sorted kafka-python config pairs.
+
+    A key is a kafka-python client config (``client_rack``), or the same in Kafka's dotted
+    spelling (``client.rack``). It must be known to at least one of :data:`CLIENT_CLASSES`
+    (their ``DEFAULT_CONFIG``), so a misspelt key is an error naming it, not a client
+    construction failure at connect time. Refused, each with its reason: keys in ``owned``
+    (config -> the setting that controls it), keys featsieve fixes for its guarantees, and
+    keys whose value must be a Python object. Values are strings, numbers or booleans, of the
+    type the client expects. Raises :class:`ClientPropertyError`.
+    """
+    owned = owned or {}
+    known: dict[str, Any] = {}
+    for cls in CLIENT_CLASSES:
+        for name, default in cls.DEFAULT_CONFIG.items():  # type: ignore[attr-defined]
+            known.setdefault(name, default)
+    out: dict[str, Any] = {}
+    for raw_key, value in table.items():
+        if not isinstance(raw_key, str) or not raw_key.strip():
+            raise ClientPropertyError(f"{raw_key!r} is not a property name")
+        key = _normalise_key(raw_key)
+        shown = raw_key if raw_key == key else f"{raw_key} ({key})"
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=1)
+            spelt = close[0].replace("_", ".") if close and "." in raw_key else close[0] if close else ""
+            hint = f" (did you mean {spelt}?)" if close else ""
+            raise ClientPropertyError(
+                f"{raw_key!r} is not a kafka-python consumer, producer or admin client config{hint}")
+        if key in owned:
+            raise ClientPropertyError(f"{shown} is set by the setting {owned[key]}; use that instead")
+        if key in _FIXED_CONFIGS:
+            raise ClientPropertyError(f"{shown} is fixed by featsieve: {_FIXED_CONFIGS[key]}")
+        if key in _OBJECT_CONFIGS:
+            raise ClientPropertyError(f"{shown} takes a Python object, which settings cannot express")
+        if key in out:
+            raise ClientPropertyError(f"{key} is given twice (in two spellings); give it once")
+        out[key] = _checked_value(shown, value, known[key])
+    return tuple(sorted(out.items()))
+
+
+def secret_property(key: str) -> bool:
+    """Whether a client property's value is a secret (``ssl_password``, a token ...): never shown."""
+    return any(word in key.lower() for word in ("password", "secret", "token", "credential"))
+
+
+def _checked_value(shown: str, value: Any, default: Any) -> Any:
+    """``value`` if it has the type kafka-python's default for the key has (numbers widen to float)."""
+    def bad(expected: str) -> ClientPropertyError:
+        text = "***" if secret_property(shown) else repr(value)
+        return ClientPropertyError(f"{shown} = {text}: expected {expected}")
+
+    if not isinstance(value, str | int | float | bool):
+        raise bad("a string, a number or a boolean")
+    if secret_property(shown) and not isinstance(value, str):
+        raise bad("a string")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad("a number")
+    elif isinstance(default, str) and not isinstance(value, str):
+        raise bad("a string")
+    return value
 
 
 RECV_BYTES = 256 * 1024  # what one socket read may return (kafka-python 3.0 asks for 4 KB)
@@ -116,15 +270,21 @@ def read_sockets_in_large_chunks() -> bool:
 read_sockets_in_large_chunks()  # for every client this process makes, ours or not
 
 
+# Every make_* lays its options over each other in this order, later winning: featsieve's defaults
+# for the kind of client, the endpoint (bootstrap, client id, security), the endpoint's client
+# properties, then what the caller needs for its own job (the stats producer's max_request_size,
+# a reader's group_id=None ...).
+
+
 def make_consumer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaConsumer:
     """A consumer with auto-commit off and earliest reset unless overridden."""
     opts: dict[str, Any] = {
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        **endpoint.options(),
+        **endpoint.options_for(KafkaConsumer),
         **overrides,
     }
-    consumer = KafkaConsumer(**opts)
+    consumer = _construct(KafkaConsumer, endpoint, opts)
     _keep_metadata_rejoins(consumer)
     return consumer
 
@@ -164,14 +324,27 @@ def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
-        **endpoint.options(),
+        **endpoint.options_for(KafkaProducer),
         **overrides,
     }
-    return KafkaProducer(**opts)
+    return _construct(KafkaProducer, endpoint, opts)
 
 
 def make_admin(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaAdminClient:
-    return KafkaAdminClient(**{**endpoint.options(), **overrides})
+    return _construct(KafkaAdminClient, endpoint, {**endpoint.options_for(KafkaAdminClient), **overrides})
+
+
+def _construct(client_class: Any, endpoint: KafkaEndpoint, opts: dict[str, Any]) -> Any:
+    """``client_class(**opts)``; a value kafka-python refuses while it builds the client (an unknown
+    compression codec, say), when client properties were given, is a :class:`ClientPropertyError`:
+    :func:`client_properties` checks keys and types only."""
+    try:
+        return client_class(**opts)
+    except (ValueError, TypeError) as exc:
+        if not endpoint.properties:
+            raise
+        raise ClientPropertyError(f"kafka-python's {client_class.__name__} refused its configuration: {exc} "
+                                  f"(the client properties given: {', '.join(k for k, _ in endpoint.properties)})") from None
 
 
 def broker_connected(client: Any) -> bool:
@@ -196,7 +369,8 @@ def broker_connected(client: Any) -> bool:
 _CAUSES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("authentication failed", ("SaslAuthenticationFailed", "Authentication failed", "invalid credentials"),
      "the broker rejected the SASL credentials: check kafka_sasl_username, the password "
-     "(kafka_sasl_password_file) and kafka_sasl_mechanism"),
+     "(kafka_sasl_password_file) and kafka_sasl_mechanism (OAUTHBEARER: the token in "
+     "kafka_sasl_oauth_token_file and its expiry)"),
     ("untrusted broker certificate", ("CERTIFICATE_VERIFY_FAILED",),
      "TLS certificate verification failed: check kafka_ssl_cafile (the CA that signed the broker's "
      "certificate) and kafka_ssl_check_hostname"),
@@ -305,33 +479,148 @@ def connection_cause(exc: BaseException | None = None) -> str:
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """A topic featsieve needs: created with ``configs`` when missing.
+
+    ``required`` names the configs (keys of ``configs``) an existing topic must already satisfy,
+    because featsieve's guarantees depend on them (see :func:`config_satisfies`). ``written``:
+    featsieve produces to it with acks=all, so an existing topic needs at least
+    ``min.insync.replicas`` replicas."""
+
     name: str
     partitions: int = 1
     configs: Mapping[str, str] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    written: bool = True
 
 
-def ensure_topics(admin: KafkaAdminClient, specs: Sequence[TopicSpec]) -> list[str]:
-    """Create missing topics; make sure existing ones carry the required configs. Returns created names."""
+class TopicConfigError(RuntimeError):
+    """A topic cannot be created as asked (``config`` None), or an existing one lacks ``config``."""
+
+    def __init__(self, message: str, topic: str, config: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.config = config
+
+
+BROKER_DEFAULT = -1  # replication factor / min.insync.replicas: let the broker decide (KIP-464)
+
+
+def config_satisfies(name: str, actual: str, needed: str) -> bool:
+    """Whether a topic config value ``actual`` gives what ``needed`` asks for.
+
+    ``cleanup.policy`` is a list (``compact,delete`` compacts too); a number needs at least the
+    value asked for (``max.message.bytes``); anything else must be equal.
+    """
+    if name == "cleanup.policy":
+        return needed in {p.strip() for p in actual.split(",")}
+    if actual.strip().isdigit() and needed.isdigit():
+        return int(actual) >= int(needed)
+    return actual == needed
+
+
+def ensure_topics(
+    admin: KafkaAdminClient,
+    specs: Sequence[TopicSpec],
+    replication_factor: int = BROKER_DEFAULT,
+    min_insync_replicas: int = BROKER_DEFAULT,
+) -> list[str]:
+    """Create missing topics; check that existing ones have their required configs. Returns created names.
+
+    New topics get ``replication_factor`` replicas (:data:`BROKER_DEFAULT`: the broker's
+    ``default.replication.factor``) and, when given, ``min.insync.replicas``. Existing topics are
+    never altered: a topic an operator made is theirs; one lacking a required config raises
+    :class:`TopicConfigError` naming the topic, the config and the command that fixes it. A
+    creation the broker refuses (more replicas than brokers, an invalid config, a policy) raises
+    :class:`TopicConfigError` with the broker's reason.
+    """
     existing = set(admin.list_topics())
     missing = [s for s in specs if s.name not in existing]
     created: list[str] = []
     if missing:
+        extra = {} if min_insync_replicas == BROKER_DEFAULT else {"min.insync.replicas": str(min_insync_replicas)}
+        new = [NewTopic(s.name, s.partitions, replication_factor, topic_configs={**s.configs, **extra})
+               for s in missing]
         try:
-            admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=dict(s.configs)) for s in missing],
-                validate_only=False,
-            )
+            admin.create_topics(new, validate_only=False)
             created = [s.name for s in missing]
         except TopicAlreadyExistsError:
-            pass  # a racing instance created it first
-    for spec in specs:
-        if spec.name in existing and spec.configs:
-            resource = ConfigResource(ConfigResourceType.TOPIC, spec.name, configs=dict(spec.configs))
-            try:
-                admin.alter_configs([resource])
-            except KafkaError as exc:  # not fatal: we may lack the ACL; say so
-                log.warning("could not set configs on topic %s: %s", spec.name, exc)
+            pass  # a racing instance created it first; checked below like any existing topic
+        except (InvalidReplicationFactorError, InvalidConfigurationError, PolicyViolationError) as exc:
+            names = ", ".join(s.name for s in missing)
+            raise TopicConfigError(f"the broker refused to create {names} (replication factor "
+                                   f"{_rf_text(replication_factor)}{_isr_text(min_insync_replicas)}): "
+                                   f"{_broker_reason(exc)}", missing[0].name) from None
+    check_topic_configs(admin, [s for s in specs if s.name not in created and (s.required or s.written)],
+                        replication_factor)
     return created
+
+
+def _rf_text(rf: int) -> str:
+    return "the broker's default" if rf == BROKER_DEFAULT else str(rf)
+
+
+def _isr_text(isr: int) -> str:
+    return "" if isr == BROKER_DEFAULT else f", min.insync.replicas {isr}"
+
+
+def _broker_reason(exc: KafkaError) -> str:
+    """The broker's error message from a kafka-python admin error, else the error's name."""
+    text = str(exc)
+    marker = "error_message='"
+    if marker in text:
+        return text.split(marker, 1)[1].split("'", 1)[0]
+    return type(exc).__name__
+
+
+def check_topic_configs(
+    admin: KafkaAdminClient, specs: Sequence[TopicSpec], replication_factor: int = BROKER_DEFAULT
+) -> None:
+    """Raise :class:`TopicConfigError` for the first existing topic lacking a required config, or
+    written by featsieve with fewer replicas than its ``min.insync.replicas`` (no acks=all write
+    could succeed: a topic made with one replica before the cluster required two, say).
+
+    Read with DescribeConfigs and Metadata. A topic whose configs the broker does not return
+    (no DescribeConfigs permission) cannot be checked: that is logged as a warning, not fatal;
+    so is a topic whose replica count differs from an explicit ``replication_factor``
+    (featsieve does not move replicas).
+    """
+    if not specs:
+        return
+    isr = "min.insync.replicas"
+    resources = [ConfigResource(ConfigResourceType.TOPIC, s.name,
+                                configs=dict.fromkeys((*s.required, *((isr,) if s.written else ()))))
+                 for s in specs]
+    described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    replicas = {t["name"]: min((len(p["replica_nodes"]) for p in t.get("partitions") or ()), default=0)
+                for t in admin.describe_topics([s.name for s in specs]) if not t.get("error_code")}
+    for spec in specs:
+        got = described.get(spec.name) or {}
+        count = replicas.get(spec.name, 0)
+        if count and replication_factor != BROKER_DEFAULT and count != replication_factor:
+            log.warning("topic %s exists with %d replicas, not the %d topic_replication_factor asks for; "
+                        "featsieve does not move replicas (kafka-reassign-partitions.sh does)",
+                        spec.name, count, replication_factor)
+        min_isr = (got.get(isr) or {}).get("value")
+        if spec.written and count and min_isr is not None and str(min_isr).isdigit() and count < int(min_isr):
+            raise TopicConfigError(
+                f"topic {spec.name} has {count} replica(s) but {isr}={min_isr}: no acks=all write to it can "
+                f"succeed; add replicas (kafka-reassign-partitions.sh) or lower its {isr} with "
+                f"kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics "
+                f"--entity-name {spec.name} --add-config {isr}={count}", spec.name, isr)
+        for name in spec.required:
+            needed = spec.configs[name]
+            entry = got.get(name)
+            if entry is None or entry.get("value") is None:
+                log.warning("could not read %s of topic %s (does featsieve's principal have DescribeConfigs "
+                            "on it?); it is not checked", name, spec.name)
+                continue
+            actual = str(entry["value"])
+            if not config_satisfies(name, actual, needed):
+                want = "contain compact" if name == "cleanup.policy" else f"be at least {needed}"
+                raise TopicConfigError(
+                    f"topic {spec.name} has {name}={actual}, but its {name} must {want}; set it with "
+                    f"kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics "
+                    f"--entity-name {spec.name} --add-config {name}={needed}", spec.name, name)
 
 
 def wait_for_topics(consumer: KafkaConsumer, topics: Iterable[str], timeout_s: float = 30.0) -> dict[str, int]:

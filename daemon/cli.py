@@ -15,8 +15,8 @@ from daemon.config import ConfigError, add_setting_flags, load_settings
 from daemon.logs import register_secret, setup_logging
 
 CONNECTION = ("bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-              "kafka_sasl_password_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
-              "kafka_ssl_check_hostname", "log_format", "log_level")
+              "kafka_sasl_password_file", "kafka_sasl_oauth_token_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+              "kafka_ssl_check_hostname", "kafka_client_properties", "log_format", "log_level")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -112,8 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"featsieve: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format, settings.log_level)
+    from connectors.kafka_io import (  # loaded by setup_logging already
+        ClientPropertyError,
+        secret_property,
+    )
     try:
         register_secret(settings.sasl_password().reveal())
+        for key, value in settings.kafka_client_properties.items():
+            if secret_property(key) and isinstance(value, str):
+                register_secret(value)  # e.g. ssl_password: never in a log line either
     except OSError as exc:
         print(f"featsieve: invalid setting kafka_sasl_password_file: cannot read it ({exc.strerror})", file=sys.stderr)
         return 2
@@ -145,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return evaluate_command(args, settings)
     except ConfigError as exc:
         print(f"featsieve: {exc}", file=sys.stderr)
+        return 2
+    except ClientPropertyError as exc:  # a client of generate, masks ... refused a property's value
+        print(f"featsieve: invalid setting kafka_client_properties: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         log.info("interrupted")

@@ -13,6 +13,7 @@ names the setting, where the value came from, and what is allowed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +57,7 @@ class Setting:
     """One setting: name (TOML key), type, default, a check and its help text."""
 
     name: str
-    kind: str  # str | int | float | bool | list | secret | choice
+    kind: str  # str | int | float | bool | list | secret | choice | table
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -92,6 +93,42 @@ def _topics_ok(value: list[str]) -> str | None:
 
 def _topic_ok(value: str) -> str | None:
     return _topics_ok([value])
+
+
+def _broker_default_or_positive(value: int) -> str | None:
+    return "must be -1 (the broker's default) or 1 or more" if value == 0 else None
+
+
+# kafka-python client configs that a featsieve setting controls: kafka_client_properties may not
+# set them (one place for each value; the security settings also feed featsieve's diagnosis)
+OWNED_CLIENT_CONFIGS: dict[str, str] = {
+    "bootstrap_servers": "bootstrap",
+    "security_protocol": "kafka_security_protocol",
+    "sasl_mechanism": "kafka_sasl_mechanism",
+    "sasl_plain_username": "kafka_sasl_username",
+    "sasl_plain_password": "kafka_sasl_password_file",
+    "sasl_oauth_token_provider": "kafka_sasl_oauth_token_file",
+    "ssl_cafile": "kafka_ssl_cafile",
+    "ssl_certfile": "kafka_ssl_certfile",
+    "ssl_keyfile": "kafka_ssl_keyfile",
+    "ssl_check_hostname": "kafka_ssl_check_hostname",
+    "group_id": "group_id",
+    "max_poll_records": "max_poll_records",
+    "fetch_max_bytes": "fetch_max_bytes",
+    "max_partition_fetch_bytes": "max_partition_fetch_bytes",
+    "session_timeout_ms": "group_session_timeout_s",
+}
+
+
+def _client_properties_ok(value: dict[str, Any]) -> str | None:
+    # imported here: `featsieve --help` and settings that never touch Kafka need not load kafka-python
+    from connectors.kafka_io import ClientPropertyError, client_properties
+
+    try:
+        client_properties(value, OWNED_CLIENT_CONFIGS)
+    except ClientPropertyError as exc:
+        return str(exc)
+    return None
 
 
 S = Setting
@@ -175,14 +212,19 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_value_len", "int", 1024, "longer string values are dead-lettered", minimum=1),
     # Kafka security
     S("kafka_security_protocol", "choice", "PLAINTEXT", "Kafka security protocol", choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")),
-    S("kafka_sasl_mechanism", "choice", "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")),
+    S("kafka_sasl_mechanism", "choice", "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")),
     S("kafka_sasl_username", "str", "", "SASL username"),
     S("kafka_sasl_password", "secret", "", "SASL password (prefer kafka_sasl_password_file)"),
     S("kafka_sasl_password_file", "str", "", "file holding the SASL password (mounted secret)"),
+    S("kafka_sasl_oauth_token_file", "str", "", "OAUTHBEARER: file holding the access token, read again at every login (whatever refreshes the token rewrites the file)"),
     S("kafka_ssl_cafile", "str", "", "CA bundle for verifying the brokers"),
     S("kafka_ssl_certfile", "str", "", "client certificate (mutual TLS)"),
     S("kafka_ssl_keyfile", "str", "", "client private key (mutual TLS)"),
     S("kafka_ssl_check_hostname", "bool", True, "verify the broker's hostname against its certificate"),
+    S("kafka_client_properties", "table", {}, "extra kafka-python client configs for every consumer, producer and admin client featsieve makes (TOML table; env/flag: a JSON object), e.g. {\"client.rack\": \"eu-1a\"}; keys a featsieve setting controls are refused (deploy/README.md, Production clusters)", check=_client_properties_ok),
+    # internal topics (mask, dead letters, stats, control) featsieve creates
+    S("topic_replication_factor", "int", -1, "replicas of the internal topics featsieve creates (-1: the broker's default.replication.factor)", minimum=-1, maximum=32767, check=_broker_default_or_positive),
+    S("topic_min_insync_replicas", "int", -1, "min.insync.replicas of the internal topics featsieve creates (-1: the broker's default)", minimum=-1, maximum=32767, check=_broker_default_or_positive),
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -191,7 +233,8 @@ def _parse(setting: Setting, raw: Any, origin: str) -> Any:
     """Convert a raw value (TOML value or env/flag string) to the setting's type."""
 
     def bad(allowed: str) -> ConfigError:
-        shown = "***" if setting.kind == "secret" else repr(raw)
+        # a table may hold a secret (a client property such as ssl_password): never echoed
+        shown = "***" if setting.kind == "secret" else "(not shown)" if setting.kind == "table" else repr(raw)
         return ConfigError(f"invalid setting {setting.name} ({origin}): {shown}; expected {allowed}")
 
     kind = setting.kind
@@ -218,6 +261,15 @@ def _parse(setting: Setting, raw: Any, origin: str) -> Any:
         if isinstance(raw, list) and all(isinstance(p, str) for p in raw):
             return list(raw)
         raise bad("a comma-separated string or a list of strings")
+    if kind == "table":
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw) if raw.strip() else {}
+            except json.JSONDecodeError:
+                raise bad("a JSON object") from None
+        if isinstance(raw, dict):
+            return dict(raw)
+        raise bad("a TOML table (or, in the environment or a flag, a JSON object)")
     if kind in ("int", "float"):
         if isinstance(raw, bool):
             raise bad(f"a number ({kind})")
@@ -261,8 +313,17 @@ class Settings:
         return _validated(raw, origins)
 
     def describe(self) -> dict[str, Any]:
-        """Settings as printable data; secrets appear as ``***``."""
-        return {k: ("***" if isinstance(v, Secret) and v else v) for k, v in self.values.items()}
+        """Settings as printable data; secrets (and client properties that may hold one) appear as ``***``."""
+        def shown(value: Any) -> Any:
+            if isinstance(value, Secret):
+                return "***" if value else value
+            if isinstance(value, dict):
+                from connectors.kafka_io import secret_property
+
+                return {k: ("***" if secret_property(k) else v) for k, v in value.items()}
+            return value
+
+        return {k: shown(v) for k, v in self.values.items()}
 
     def sasl_password(self) -> Secret:
         """The SASL password, read from its file when ``kafka_sasl_password_file`` is set."""
@@ -299,9 +360,26 @@ def _validated(values: dict[str, Any], origins: dict[str, str]) -> Settings:
     for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
         if values[name] and not Path(values[name]).is_file():
             raise ConfigError(f"invalid setting {name}: {values[name]} is not a readable file")
-    if values["kafka_security_protocol"].startswith("SASL") and not values["kafka_sasl_username"]:
+    rf, isr = values["topic_replication_factor"], values["topic_min_insync_replicas"]
+    if rf > 0 and isr > rf:
+        raise ConfigError(
+            f"invalid setting topic_min_insync_replicas: {isr} exceeds topic_replication_factor ({rf}); "
+            "no write to the internal topics could ever succeed"
+        )
+    sasl = values["kafka_security_protocol"].startswith("SASL")
+    if sasl and values["kafka_sasl_mechanism"] == "OAUTHBEARER":
+        token_file = values["kafka_sasl_oauth_token_file"]
+        if not token_file:
+            raise ConfigError("invalid setting kafka_sasl_oauth_token_file: required when kafka_sasl_mechanism is OAUTHBEARER")
+        if not Path(token_file).is_file():
+            raise ConfigError(f"invalid setting kafka_sasl_oauth_token_file: {token_file} is not a readable file")
+    elif sasl and not values["kafka_sasl_username"]:
         raise ConfigError("invalid setting kafka_sasl_username: required when kafka_security_protocol is SASL_*")
     return Settings(values=dict(values), origins=dict(origins))
+
+
+# other spellings of a setting's flag: --bootstrap-server as Kafka's own tools spell it
+_ALIASES: dict[str, tuple[str, ...]] = {"bootstrap": ("--bootstrap-server",)}
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
@@ -315,11 +393,13 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | No
             # never take secrets as flags: they would show in `ps` and shell history
             continue
         default = "" if setting.kind == "secret" else setting.default
-        shown = ",".join(default) if isinstance(default, list) else default
+        shown = ",".join(default) if isinstance(default, list) else json.dumps(default) if isinstance(default, dict) else default
+        metavar = {"choice": "{" + ",".join(setting.choices) + "}", "table": "JSON"}.get(setting.kind, setting.kind.upper())
         group.add_argument(
             setting.flag,
+            *_ALIASES.get(setting.name, ()),
             dest=f"setting_{setting.name}",
-            metavar=setting.kind.upper() if setting.kind != "choice" else "{" + ",".join(setting.choices) + "}",
+            metavar=metavar,
             default=None,
             help=f"{setting.help} [{setting.env}; default {shown!s}]",
         )

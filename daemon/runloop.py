@@ -44,6 +44,8 @@ from connectors.decode_worker import (
 )
 from connectors.join import JoinBuffer
 from connectors.kafka_io import (
+    ClientPropertyError,
+    TopicConfigError,
     TopicSpec,
     broker_connected,
     connection_cause,
@@ -58,7 +60,7 @@ from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFe
 from connectors.record_reader import read_batches_fast
 from connectors.state_store import SnapshotStore
 from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
-from daemon.config import Settings
+from daemon.config import ConfigError, Settings
 from daemon.masking import MaskBuilder, named_gate_report
 from daemon.metrics import DaemonMetrics, LiveGauges
 from daemon.settings_map import endpoint_from, gate_config_from, limits_from, mi_config_from
@@ -296,7 +298,11 @@ class Daemon:
                 log.warning("decode_process is on with one usable core: the worker competes with the poll "
                             "loop (set FEATSIEVE_DECODE_PROCESS=false to decode in the loop)")
             self.decoder = DecodeWorker(self.limits, self.interner, GC_THRESHOLDS)  # starts while we connect
-        self._connect()
+        try:
+            self._connect()
+        except ConfigError:
+            self._close()  # the decode worker and any client made so far
+            raise
         self._start_connection_watch()
         self._start_gates()
         # Every batch allocates thousands of feature dicts and the join holds tens of thousands:
@@ -368,14 +374,7 @@ class Daemon:
             try:
                 admin = make_admin(self.endpoint, bootstrap_timeout_ms=CONNECT_TIMEOUT_MS)
                 try:
-                    specs = [
-                        TopicSpec(self.s.mask_topic, 1, {"cleanup.policy": "compact"}),
-                        TopicSpec(self.s.dlq_topic, 1, {}),
-                    ]
-                    if self.group_mode:
-                        specs += [TopicSpec(self.s.stats_topic, 1, STATS_TOPIC_CONFIG),
-                                  TopicSpec(self.s.control_topic, 1, {})]
-                    ensure_topics(admin, specs)
+                    self._ensure_topics(admin)
                 finally:
                     admin.close()
                 if self.group_mode:
@@ -418,6 +417,8 @@ class Daemon:
                 forget_connection_failures()
                 log.info("connected to Kafka at %s (%s)", ",".join(self.s.bootstrap), self.s.kafka_security_protocol)
                 return
+            except ClientPropertyError as exc:
+                raise ConfigError(f"invalid setting kafka_client_properties: {exc}") from None
             except (KafkaError, TimeoutError) as exc:
                 self.kafka_ok = False
                 self._close_clients()
@@ -427,6 +428,33 @@ class Daemon:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         raise SystemExit(0)
+
+    def _ensure_topics(self, admin: Any) -> None:
+        """Create the internal topics (mask, dead letters; in group mode stats and control) as the
+        topic_* settings say; an existing mask or stats topic must be compacted (the newest mask of
+        a model, a shard's state, must outlive retention), the stats topic must take its records,
+        and a topic featsieve writes needs at least its min.insync.replicas replicas. A topic
+        problem is a configuration error: start-up stops (:class:`ConfigError`)."""
+        s = self.s
+        specs = [
+            TopicSpec(s.mask_topic, 1, {"cleanup.policy": "compact"}, required=("cleanup.policy",)),
+            TopicSpec(s.dlq_topic, 1, {}),
+        ]
+        if self.group_mode:
+            specs += [TopicSpec(s.stats_topic, 1, STATS_TOPIC_CONFIG, required=tuple(STATS_TOPIC_CONFIG)),
+                      # only joined (its owner is the writer), never written
+                      TopicSpec(s.control_topic, 1, {}, written=False)]
+        try:
+            created = ensure_topics(admin, specs, replication_factor=s.topic_replication_factor,
+                                    min_insync_replicas=s.topic_min_insync_replicas)
+        except TopicConfigError as exc:
+            if exc.config is None:
+                raise ConfigError(f"invalid setting topic_replication_factor/topic_min_insync_replicas: {exc}") from None
+            setting = {s.stats_topic: "stats_topic", s.dlq_topic: "dlq_topic"}.get(exc.topic, "mask_topic")
+            raise ConfigError(f"invalid setting {setting}: {exc}") from None
+        if created:
+            log.info("created topics %s (replication factor %s)", ",".join(created),
+                     "broker default" if s.topic_replication_factor < 0 else s.topic_replication_factor)
 
     def _sleep(self, seconds: float) -> None:
         """Sleep, waking early when a stop is requested."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from connectors.codec import Limits
-from connectors.kafka_io import KafkaEndpoint, KafkaSecurity
-from daemon.config import Settings
+from connectors.kafka_io import KafkaEndpoint, KafkaSecurity, client_properties
+from daemon.config import OWNED_CLIENT_CONFIGS, Settings
 
 
 def endpoint_from(settings: Settings, client_id: str = "featsieve") -> KafkaEndpoint:
@@ -19,8 +19,13 @@ def endpoint_from(settings: Settings, client_id: str = "featsieve") -> KafkaEndp
         certfile=settings.kafka_ssl_certfile,
         keyfile=settings.kafka_ssl_keyfile,
         check_hostname=settings.kafka_ssl_check_hostname,
+        oauth_token_file=settings.kafka_sasl_oauth_token_file,
     )
-    return KafkaEndpoint(bootstrap=tuple(settings.bootstrap), security=security, client_id=client_id)
+    return KafkaEndpoint(
+        bootstrap=tuple(settings.bootstrap), security=security, client_id=client_id,
+        # validated when the settings were loaded; this only normalises the keys
+        properties=client_properties(settings.kafka_client_properties, OWNED_CLIENT_CONFIGS),
+    )
 
 
 def limits_from(settings: Settings) -> Limits:

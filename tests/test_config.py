@@ -114,3 +114,40 @@ def test_settings_survive_pickling() -> None:
     assert back == s and back.group_id == "g1" and back.kafka_sasl_password.reveal() == "pw"
     with pytest.raises(AttributeError):
         back.no_such_setting  # noqa: B018
+
+
+def test_bootstrap_server_is_an_alias_of_bootstrap() -> None:
+    assert load_settings(parse(["--bootstrap-server", "k1:9092,k2:9092"]), env={}).bootstrap == ["k1:9092", "k2:9092"]
+    assert load_settings(parse(["--bootstrap", "k3:9092"]), env={}).bootstrap == ["k3:9092"]
+    with pytest.raises(ConfigError, match="invalid setting bootstrap"):
+        load_settings(parse(["--bootstrap-server", "nohostport"]), env={})
+
+
+def test_topic_replication_settings(tmp_path) -> None:
+    defaults = load_settings(parse([]), env={})
+    assert defaults.topic_replication_factor == -1 and defaults.topic_min_insync_replicas == -1  # the broker's
+    toml = tmp_path / "f.toml"
+    toml.write_text("topic_replication_factor = 3\ntopic_min_insync_replicas = 2\n")
+    s = load_settings(parse(["--config", str(toml)]), env={})
+    assert (s.topic_replication_factor, s.topic_min_insync_replicas) == (3, 2)
+    for env, needle in (
+        ({"FEATSIEVE_TOPIC_REPLICATION_FACTOR": "0"}, "topic_replication_factor .*-1 .*or 1 or more"),
+        ({"FEATSIEVE_TOPIC_MIN_INSYNC_REPLICAS": "-2"}, "topic_min_insync_replicas"),
+        ({"FEATSIEVE_TOPIC_REPLICATION_FACTOR": "2", "FEATSIEVE_TOPIC_MIN_INSYNC_REPLICAS": "3"},
+         "topic_min_insync_replicas: 3 exceeds topic_replication_factor"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            load_settings(parse([]), env=env)
+
+
+def test_client_properties_from_toml_env_and_flag(tmp_path) -> None:
+    toml = tmp_path / "f.toml"
+    toml.write_text('[kafka_client_properties]\n"client.rack" = "eu-1a"\nrequest_timeout_ms = 40000\n')
+    assert load_settings(parse(["--config", str(toml)]), env={}).kafka_client_properties == {
+        "client.rack": "eu-1a", "request_timeout_ms": 40000}
+    env = {"FEATSIEVE_KAFKA_CLIENT_PROPERTIES": '{"client.rack": "eu-1b"}'}
+    assert load_settings(parse(["--config", str(toml)]), env=env).kafka_client_properties == {"client.rack": "eu-1b"}
+    flag = load_settings(parse(["--kafka-client-properties", '{"client_id": "x"}']), env=env)
+    assert flag.kafka_client_properties == {"client_id": "x"}
+    with pytest.raises(ConfigError, match="kafka_client_properties .*expected a JSON object"):
+        load_settings(parse([]), env={"FEATSIEVE_KAFKA_CLIENT_PROPERTIES": "client.rack=x"})

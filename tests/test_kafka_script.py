@@ -303,3 +303,21 @@ def test_sasl_ssl_listener_with_scram_users(tmp_path: Path) -> None:
         assert not login("alice", "wrong")
     finally:
         script("down")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["cluster-up", "0"], {}, "N must be 1..9"),
+        (["cluster-up", "3"], {"KAFKA_MIN_INSYNC_REPLICAS": "4"}, "KAFKA_MIN_INSYNC_REPLICAS must be 1..3"),
+        (["cluster-up", "2"], {"KAFKA_DEFAULT_REPLICATION_FACTOR": "3"}, "KAFKA_DEFAULT_REPLICATION_FACTOR must be 1..2"),
+        (["cluster-up"], {"KAFKA_SASL_SSL_PORT": "29999"}, "not supported by cluster-up"),
+    ],
+)
+def test_cluster_up_refuses_impossible_settings_before_starting_anything(
+    tmp_path: Path, args: list[str], env: dict[str, str], needle: str
+) -> None:
+    script = KafkaScript(_free_ports(29400, n=6), tmp_path / "cluster")
+    proc = script(*args, timeout=60, env_extra=env)
+    assert proc.returncode != 0 and needle in proc.stderr, proc.stderr
+    assert not list((tmp_path / "cluster").glob("node-*"))
