@@ -20,7 +20,9 @@ Before this test, a field is kept when:
 * its evidence is under-powered: too few examples or positives, a non-finite
   score, an unmeasured pair with an informative field (``unmeasured_with``:
   not counted yet, or too many joint values to count exactly, so an
-  interaction can neither be seen nor ruled out), or a noise scale so wide
+  interaction can neither be seen nor ruled out; or counted with a noise
+  scale so wide, ``z * interaction_sd > B``, that it could hide one worth
+  the budget), or a noise scale so wide
   that even alone it could not be shown to fit the budget (``z * sd > B``):
   ``insufficient_evidence``;
 * it carries a significant interaction: its best pair (with a partner that
@@ -113,7 +115,7 @@ def decide_budget(
             targets[n] = BudgetTarget(False, "gate_closed", _rel(gate_exit - e.gate_open, gate_exit))
         elif e.score - confidence_z * e.sd >= budget:  # proven worth more than the whole budget
             targets[n] = BudgetTarget(True, "exceeds_drop_budget", _rel(e.score - confidence_z * e.sd - budget, budget))
-        elif e.unmeasured_with is not None and e.unmeasured_with in by_name:
+        elif (e.unmeasured_with is not None and e.unmeasured_with in by_name) or confidence_z * e.interaction_sd > budget:
             # its interaction with an informative field is not measured: MI alone is no bound on
             # what the field is worth to a model that crosses the two
             targets[n] = BudgetTarget(True, "insufficient_evidence", 0.0)

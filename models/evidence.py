@@ -37,6 +37,8 @@ class FieldEvidence:
     null sd. ``unmeasured_with`` names an informative field whose pair with
     this one has not been measured (not counted yet, or too many joint values
     to count exactly): an interaction there can neither be seen nor ruled out.
+    ``interaction_sd`` is the largest null sd of its measured pairs with
+    informative fields: the noise scale of what those pairs can show.
     """
 
     name: str
@@ -53,6 +55,7 @@ class FieldEvidence:
     pair_gain: float = 0.0
     pair_z: float = 0.0
     unmeasured_with: str | None = None
+    interaction_sd: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -146,20 +149,22 @@ def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
             if cur is None or cand[0] > cur[0] or (cand[0] == cur[0] and cand[2] < cur[2]):
                 best[me] = cand
     gate_open = dict(gates.field_gates) if gates is not None else {}
-    measured = {p.fields for p in pairs if not getattr(p, "hashed", False)}
+    measured = {p.fields: p.sd for p in pairs if not getattr(p, "hashed", False)}
     informative = sorted(s.name for s in scores if s.score - z_informative * getattr(s, "sd", 0.0) > 0
                          and s.z >= z_informative)
     out = []
     for s in scores:
         pz, pg, partner = best.get(s.name, (0.0, 0.0, None))
+        partners = [(min(o, s.name), max(o, s.name)) for o in informative if o != s.name]
         unmeasured = next((o for o in informative if o != s.name
                            and (min(o, s.name), max(o, s.name)) not in measured), None)
+        interaction_sd = max((measured[p] for p in partners if p in measured), default=0.0)
         out.append(FieldEvidence(
             name=s.name, score=float(s.score), mi=float(s.mi), z=float(s.z),
             examples=int(s.examples), positives=int(s.positives), cardinality=int(s.cardinality),
             gate_open=gate_open.get(s.name), redundant_with=s.redundant_with,
             sd=float(getattr(s, "sd", 0.0)), pair_with=partner, pair_gain=float(pg), pair_z=float(pz),
-            unmeasured_with=unmeasured,
+            unmeasured_with=unmeasured, interaction_sd=float(interaction_sd),
         ))
     return out
 

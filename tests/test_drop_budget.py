@@ -236,3 +236,11 @@ def test_the_evidence_builder_names_an_unmeasured_interaction() -> None:
     assert evidence["ctx"].unmeasured_with == "wide" and evidence["wide"].unmeasured_with is None
     measured = {e.name: e for e in build_evidence(scores, [p for p in pairs if not p.hashed])}
     assert measured["ctx"].unmeasured_with == "wide"  # not counted at all is unmeasured too
+
+
+def test_a_pair_counted_too_thinly_to_show_an_interaction_worth_the_budget_keeps_the_field() -> None:
+    thin = FieldEvidence(name="ctx", score=0.0, z=0.0, sd=1e-5, examples=N, positives=POS, cardinality=7,
+                         interaction_sd=1e-2)
+    assert decide([strong_field(), thin])["ctx"] == (True, "insufficient_evidence")
+    enough = FieldEvidence(**{**thin.__dict__, "interaction_sd": 1e-6})
+    assert decide([strong_field(), enough])["ctx"] == (False, "within_drop_budget")
