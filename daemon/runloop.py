@@ -13,6 +13,7 @@ crash at any point replays exactly the records the snapshot does not reflect.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -58,14 +59,15 @@ from connectors.kafka_io import (
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
 from connectors.record_reader import read_batches_fast
-from connectors.state_store import SnapshotStore
+from connectors.state_store import SnapshotError, SnapshotStore
 from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
+from daemon.baked import GATE_SETTINGS, StateRefused, baked_settings, changed_settings, refusal
 from daemon.config import ConfigError, Settings
 from daemon.masking import MaskBuilder, named_gate_report
 from daemon.metrics import DaemonMetrics, LiveGauges
 from daemon.settings_map import endpoint_from, gate_config_from, limits_from, mi_config_from
 from daemon.shards import ShardState, merged_mi
-from models.interning import EncodedBatch, Interner
+from models.interning import EncodedBatch, HashVersionError, Interner
 from models.mi import MIState
 
 log = logging.getLogger("featsieve")
@@ -115,8 +117,10 @@ class Daemon:
         max_events: int | None = None,
         duration_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reset_state: bool = False,
     ) -> None:
         self.s = settings
+        self.reset_state = reset_state
         self.metrics = DaemonMetrics(registry)
         self.exit_at_end = exit_at_end
         self.max_events = max_events
@@ -183,6 +187,7 @@ class Daemon:
             lateness_ms=int(s.lateness_s * 1000),
             max_pending=s.max_pending_impressions,
             max_future_ms=int(s.max_future_s * 1000),
+            max_pending_bytes=s.max_pending_bytes,
             # every input topic's partition of this shard holds the watermark: otherwise a shard that
             # has read only impressions so far would expire them before their clicks are read
             sources=[(t, shard) for t in s.input_topics],
@@ -190,23 +195,71 @@ class Daemon:
         return ShardState(shard=shard, join=join, mi=MIState(self.mi_config))
 
     def _restore(self) -> int:
-        loaded = self.store.load_latest()
+        """Restore the newest snapshot; 0 bytes on a first start (or with ``--reset-state``).
+
+        Raises :class:`StateRefused` rather than start from empty state when snapshots exist but
+        none is readable, when they come from a newer build, or when a setting baked into them
+        changed in a way that cannot be applied (daemon/baked.py).
+        """
+        if self.reset_state:
+            aside = self.store.set_aside(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            if aside is not None:
+                log.warning("--reset-state: the snapshots were moved to %s; starting from empty state "
+                            "(the input is read again from the beginning)", aside)
+            return 0
+        try:
+            loaded = self.store.load_latest()
+        except SnapshotError as exc:
+            raise StateRefused(str(exc)) from exc
         if loaded is None:
             return 0
         state = loaded.state
-        if state.get("format") != STATE_FORMAT:
-            raise RuntimeError(f"snapshot {loaded.path.name} has state format {state.get('format')}")
-        self.interner = Interner.restore(state["interner"])
-        self.shards = {int(sh["shard"]): ShardState.restore(sh) for sh in state["shards"]}
-        self._rows_from_dicts()
-        self.masks.restore(state["policy"])
+        where = str(self.store.directory)
+        fmt = state.get("format") if isinstance(state, dict) else None
+        if not isinstance(fmt, int) or fmt != STATE_FORMAT:
+            newer = isinstance(fmt, int) and fmt > STATE_FORMAT
+            raise StateRefused(
+                f"{loaded.path.name} in {where} holds state format {fmt!r}, this build reads {STATE_FORMAT}"
+                + (" (written by a newer featsieve: run that build" if newer else " (")
+                + ", or start with --reset-state to move the snapshots aside and start empty)")
+        recorded = state.get("settings") or {}
+        refused, applied = changed_settings(recorded, self.s)
+        if "max_fields" in applied and len(state["interner"]["fields"]) > self.s.max_fields:
+            refused.append("max_fields")
+            applied.remove("max_fields")
+        if refused:
+            raise StateRefused(refusal(refused, recorded, self.s, where))
+        try:
+            self.interner = Interner.restore(state["interner"])
+            self.shards = {int(sh["shard"]): ShardState.restore(sh) for sh in state["shards"]}
+            self._rows_from_dicts()
+            self.masks.restore(state["policy"])
+        except (HashVersionError, KeyError, TypeError, ValueError) as exc:
+            raise StateRefused(f"{loaded.path.name} in {where} cannot be restored by this build ({exc!r}); "
+                               "start with --reset-state to move the snapshots aside and start empty") from exc
+        self._apply_settings(applied, recorded)
         pub = state.get("publisher")
         if pub:
             self.restored_position = PublishedPosition(int(pub["epoch"]), int(pub["version"]),
                                                        pub.get("incarnation"))
         self._restored_gates = state.get("gates")
+        if self._restored_gates is not None and GATE_SETTINGS & set(applied):
+            self._restored_gates = None
         self.events_seen_total = int(state.get("events_seen", 0))
         return loaded.size_bytes
+
+    def _apply_settings(self, changed: list[str], recorded: dict[str, Any]) -> None:
+        """Give restored state the current values of the settings it can take (daemon/baked.py
+        says which; unchanged ones are no-ops); ``changed`` are logged."""
+        s = self.s
+        for shard in self.shards.values():
+            shard.join.reconfigure(max_pending=s.max_pending_impressions, max_future_ms=int(s.max_future_s * 1000),
+                                   max_pending_bytes=s.max_pending_bytes)
+            shard.mi.config = dataclasses.replace(shard.mi.config, blocks=s.mi_blocks, pairs_top_n=s.pairs_top_n)
+        self.interner.max_fields = s.max_fields
+        for name in changed:
+            log.warning("setting %s changed since the snapshot (%r -> %r): applied to the restored state",
+                        name, recorded[name], getattr(s, name))
 
     def _rows_from_dicts(self) -> None:
         """Impressions restored from a snapshot of an earlier version wait with feature dicts: hash
@@ -231,6 +284,7 @@ class Daemon:
             "publisher": self._position_snapshot(),
             "gates": gates,
             "events_seen": self.events_seen_total,
+            "settings": baked_settings(self.s),
         }
 
     def _position_snapshot(self) -> dict[str, Any] | None:
