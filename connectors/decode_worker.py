@@ -85,10 +85,13 @@ def decode_wire(raws: Sequence[bytes | None], limits: Limits, interner: Interner
     labels: list[int] = []
     bad: list[tuple[int, str, str]] = []
     blocks: list[np.ndarray] = []
+    extras: list[tuple[int, str, int]] = []
+    last_seen: list[int] = []
     for start in range(0, len(raws), CHUNK):
         events, chunk_bad = decode_many(raws[start : start + CHUNK], limits)
         bad += [(start + i, err.reason, err.detail) for i, err in chunk_bad]
         features: list[Any] = []
+        first = len(kinds)  # the chunk's first event's index in the batch
         for ev in events:
             ts.append(ev.ts)
             kind = ev.__class__
@@ -104,13 +107,39 @@ def decode_wire(raws: Sequence[bytes | None], limits: Limits, interner: Interner
                 labels.append(ev.label)  # type: ignore[union-attr]
                 features.append(ev.features)
         if features:
-            blocks.append(interner.encode(features).hashes)
+            if not interner.admit_new:
+                interner.unadmitted = []
+            block = interner.encode(features).hashes
+            blocks.append(block)
+            if interner.unadmitted is not None:
+                # the daemon's own bookkeeping (admission, stale columns) wants event indices
+                with_features = [i for i in range(first, len(kinds)) if kinds[i] != _CLICK]
+                if interner.unadmitted:
+                    extras += [(with_features[r], name, h) for name, rows, hashes in interner.unadmitted
+                               for r, h in zip(rows.tolist(), hashes.tolist(), strict=True)]
+                _last_present(block, with_features, last_seen)
+            interner.unadmitted = None
         # free this chunk's dicts before the next is decoded: its memory is then reused while
         # still in cache (keeping two chunks alive cost ~10% of the whole)
         del events, features
     width = len(interner.fields)
     rows = b"".join(_widen(block, width).astype(ROW_DTYPE, copy=False).tobytes() for block in blocks)
-    return WireBatch(bytes(kinds), ids, ts, labels, rows, width, bad)
+    extras.sort()
+    return WireBatch(bytes(kinds), ids, ts, labels, rows, width, bad, extras=extras, last_seen=last_seen)
+
+
+def _last_present(block: np.ndarray, events: list[int], last_seen: list[int]) -> None:
+    """For each column of ``block`` (rows: the events numbered ``events``) with a value in some
+    row, set ``last_seen[col]`` to the last such event's number (-1: none in the batch)."""
+    present = block != MISSING
+    if not present.size:
+        return
+    last = present.shape[0] - 1 - np.argmax(present[::-1], axis=0)
+    any_col = present.any(axis=0)
+    while len(last_seen) < block.shape[1]:
+        last_seen.append(-1)
+    for col in np.flatnonzero(any_col).tolist():
+        last_seen[col] = events[int(last[col])]
 
 
 def _widen(hashes: np.ndarray, width: int) -> np.ndarray:
@@ -169,6 +198,10 @@ class WireBatch:
     width: int
     bad: list[tuple[int, str, str]]
     journal: list[tuple[Any, ...]] = field(default_factory=list)
+    # with admit_new off: (event index, name, hash), sorted, the values of names without a column,
+    # and per column the index of the batch's last event holding a value (-1: none)
+    extras: list[tuple[int, str, int]] = field(default_factory=list)
+    last_seen: list[int] = field(default_factory=list)
 
 
 def from_wire(batch: WireBatch) -> tuple[list[Event], list[tuple[int, EventError]]]:
@@ -292,11 +325,12 @@ def write_wire(batch: WireBatch, region: Region) -> tuple[Any, ...]:
     at = region.write(at, bytes(batch.labels))
     region.write(at, text)
     return (n, batch.width, len(batch.rows), len(batch.labels), len(batch.ids),
-            len(text) if ids_inline is None else ids_inline, batch.bad, batch.journal)
+            len(text) if ids_inline is None else ids_inline, batch.bad, batch.journal, batch.extras,
+            batch.last_seen)
 
 
 def read_wire(meta: tuple[Any, ...], region: Region) -> WireBatch:
-    n, width, rows_len, n_labels, n_ids, ids, bad, journal = meta
+    n, width, rows_len, n_labels, n_ids, ids, bad, journal, extras, last_seen = meta
     rows = region.read(0, rows_len)
     at = rows_len
     ts = np.frombuffer(region.read(at, 8 * n), np.int64).tolist()
@@ -307,7 +341,7 @@ def read_wire(meta: tuple[Any, ...], region: Region) -> WireBatch:
     at += n_labels
     if isinstance(ids, int):
         ids = region.read(at, ids).decode("utf-8", "surrogatepass").split("\0") if n_ids else []
-    return WireBatch(kinds, ids, ts, labels, rows, width, bad, journal)
+    return WireBatch(kinds, ids, ts, labels, rows, width, bad, journal, extras, last_seen)
 
 
 # ------------------------------------------------------------------ the worker process
@@ -414,8 +448,9 @@ class DecodeWorker:
         self._submitted += 1
 
     def admit(self, names: list[str]) -> None:
-        """Give ``names`` columns in the replica too, after the batches already submitted (the
-        daemon's interner must admit them at the same point: call this with nothing in flight)."""
+        """Give ``names`` columns in the replica too, after the batches already submitted. The
+        daemon's interner admits them first, in the same order, so both give the same columns;
+        batches in flight were hashed without them and report their values in ``extras``."""
         try:
             self._conn.send(("admit", list(names)))
         except (BrokenPipeError, OSError) as exc:
@@ -430,6 +465,11 @@ class DecodeWorker:
 
     def collect(self) -> tuple[list[Event], list[tuple[int, EventError]], int]:
         """The oldest batch in flight, decoded; the daemon's interner is advanced to match it."""
+        events, bad, batch = self.collect_wire()
+        return events, bad, batch.width
+
+    def collect_wire(self) -> tuple[list[Event], list[tuple[int, EventError]], WireBatch]:
+        """:meth:`collect`, with the batch itself (its ``extras``: values of names without a column)."""
         try:
             status, payload = self._conn.recv()
         except (EOFError, OSError) as exc:
@@ -441,7 +481,7 @@ class DecodeWorker:
         batch = read_wire(payload, self._outputs[slot])
         self.interner.replay(batch.journal)
         events, bad = from_wire(batch)
-        return events, bad, batch.width
+        return events, bad, batch
 
     def close(self, timeout_s: float = 5.0) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):

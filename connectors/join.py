@@ -36,7 +36,7 @@ reason ``ts_out_of_range`` for the dead-letter queue.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Container, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import Any, NamedTuple
@@ -188,10 +188,15 @@ class JoinBuffer:
             self._watermark = wm
 
     # ------------------------------------------------------------- processing
-    def process(self, events: Sequence[Event], source: Source) -> JoinResult:
+    def process(self, events: Sequence[Event], source: Source,
+                accepted: Callable[[int, Event], None] | None = None,
+                watch: Container[int] = ()) -> JoinResult:
         """Join a batch of decoded events from ``source``; returns positives, labeled examples,
         early negatives from eviction, and the indices of events rejected as out of range.
 
+        ``accepted(i, event)`` is called for each event whose index is in ``watch`` once it has
+        passed the range checks and before it is joined (it may replace ``event.features``): the
+        daemon counts the field names of accepted events there, never those of rejected ones.
         The watermark moves at the end of the batch; call :meth:`expire` to get the negatives
         whose window it closed.
         """
@@ -218,6 +223,8 @@ class JoinBuffer:
                 smax = ts
                 if max_seen is None or ts > max_seen:
                     max_seen = ts
+            if accepted is not None and i in watch:
+                accepted(i, ev)
             kind = type(ev)
             if kind is Impression:
                 self._impression(ev, out)  # type: ignore[arg-type]

@@ -36,9 +36,12 @@ from prometheus_client import CollectorRegistry
 from connectors.codec import Limits
 from connectors.dead_letters import DeadLetterQueue, DeadLettersUndelivered
 from connectors.decode_worker import (
+    ROW_DTYPE,
     DecodeWorker,
     DecodeWorkerError,
-    decode_rows,
+    WireBatch,
+    decode_wire,
+    from_wire,
     hash_rows,
     remap_rows,
     rows_matrix,
@@ -67,7 +70,8 @@ from daemon.masking import MaskBuilder, named_gate_report
 from daemon.metrics import DaemonMetrics, LiveGauges
 from daemon.settings_map import endpoint_from, gate_config_from, limits_from, mi_config_from
 from daemon.shards import ShardState, merged_mi
-from models.interning import EncodedBatch, HashVersionError, Interner
+from models.admission import ColumnActivity, FieldAdmission
+from models.interning import MISSING, EncodedBatch, HashVersionError, Interner
 from models.mi import MIState
 
 log = logging.getLogger("featsieve")
@@ -136,7 +140,10 @@ class Daemon:
 
             state_dir = os.path.join(state_dir, settings.instance_id or default_instance_id())
         self.store = SnapshotStore(state_dir, keep=settings.keep_snapshots)
-        self.interner = Interner(settings.max_fields)
+        # names get columns only once they have earned them (models/admission.py): never by encoding
+        self.interner = Interner(settings.max_fields, admit_new=False)
+        self.admission = FieldAdmission(settings.field_admit_min_events)
+        self.activity = ColumnActivity(settings.field_reclaim_events)
         self.shards: dict[int, ShardState] = {}
         self.assigned: set[TopicPartition] = set()
         self.end_targets: dict[TopicPartition, int] | None = None
@@ -231,8 +238,15 @@ class Daemon:
             raise StateRefused(refusal(refused, recorded, self.s, where))
         try:
             self.interner = Interner.restore(state["interner"])
+            self.interner.admit_new = False
             self.shards = {int(sh["shard"]): ShardState.restore(sh) for sh in state["shards"]}
             self._rows_from_dicts()
+            if state.get("admission") is not None:
+                self.admission = FieldAdmission.restore(state["admission"], self.s.field_admit_min_events)
+            if state.get("activity") is not None:
+                self.activity = ColumnActivity.restore(state["activity"], self.s.field_reclaim_events)
+            for col in range(len(self.interner.fields)):
+                self.activity.touch(col, 0)  # state from before columns were watched: seen at the start
             self.masks.restore(state["policy"])
         except (HashVersionError, KeyError, TypeError, ValueError) as exc:
             raise StateRefused(f"{loaded.path.name} in {where} cannot be restored by this build ({exc!r}); "
@@ -269,11 +283,13 @@ class Daemon:
             dicts = [f for f in features if f.__class__ is dict]
             if not dicts:
                 return features
+            self.interner.admit(sorted(set().union(*dicts)))  # tracked, as that version did
             it = iter(hash_rows(self.interner.encode(dicts).hashes))
             return [next(it) if f.__class__ is dict else f for f in features]
 
         if sum(shard.join.map_features(rows) for shard in self.shards.values()):
             self.interner = Interner.restore(self.interner.snapshot())
+            self.interner.admit_new = False
 
     def state_snapshot(self, gates: Any = None) -> dict[str, Any]:
         return {
@@ -285,6 +301,8 @@ class Daemon:
             "gates": gates,
             "events_seen": self.events_seen_total,
             "settings": baked_settings(self.s),
+            "admission": self.admission.snapshot(),
+            "activity": self.activity.snapshot(),
         }
 
     def _position_snapshot(self) -> dict[str, Any] | None:
@@ -624,6 +642,10 @@ class Daemon:
         if new:
             assert not self._in_flight
             self.interner.admit(new)
+            for name in new:  # earned elsewhere: tracked here from now on
+                self.admission.forget(name)
+                if (col := self.interner.column(name)) is not None:
+                    self.activity.touch(col, self.activity.events)
             if self.decoder is not None:
                 try:
                     self.decoder.admit(new)
@@ -751,13 +773,13 @@ class Daemon:
                     self._process_partition(tp, records)
                 continue
             try:
-                events, bad, _ = self.decoder.collect()
+                events, bad, wire = self.decoder.collect_wire()
             except DecodeWorkerError as exc:
                 self._decoder_failed(exc)
                 continue
             tp, records = self._in_flight.popleft()
             if not drop or tp not in drop:
-                self._apply(tp, records, events, bad)
+                self._apply(tp, records, events, bad, wire)
 
     def _settle_in_flight(self, drop: set[TopicPartition] | None = None) -> None:
         self._apply_in_flight(keep=0, drop=drop)
@@ -771,18 +793,31 @@ class Daemon:
         self.decoder = None
 
     def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        events, bad, _ = decode_rows([r.value for r in records], self.limits, self.interner)
-        self._apply(tp, records, events, bad)
+        wire = decode_wire([r.value for r in records], self.limits, self.interner)
+        events, bad = from_wire(wire)
+        self._apply(tp, records, events, bad, wire)
 
     def _apply(self, tp: TopicPartition, records: list[ConsumerRecord], events: list[Any],
-               bad: list[tuple[int, Any]]) -> None:
+               bad: list[tuple[int, Any]], wire: WireBatch | None = None) -> None:
         shard = self.shards.get(tp.partition)
         if shard is None:
             shard = self.shards[tp.partition] = self._new_shard(tp.partition)
         source = (tp.topic, tp.partition)
         dead: list[tuple[ConsumerRecord, str, str]] = [(records[i], e.reason, e.detail) for i, e in bad]
         good_records = _without(records, [i for i, _ in bad])
-        result = shard.join.process(events, source)
+        first_event = self.activity.events
+        if wire is not None and wire.extras:
+            by_event: dict[int, list[tuple[str, int]]] = {}
+            for i, name, h in wire.extras:
+                by_event.setdefault(i, []).append((name, h))
+
+            def accepted(i: int, ev: Any) -> None:
+                self._earn_columns(ev, by_event[i], first_event + i + 1)
+
+            result = shard.join.process(events, source, accepted, by_event)
+        else:
+            result = shard.join.process(events, source)
+        self.activity.observe(wire.last_seen if wire is not None else (), len(events))
         for i, reason in result.rejected:
             dead.append((good_records[i], reason, "event time outside the join's range"))
         examples = result.examples + shard.join.expire()
@@ -801,6 +836,50 @@ class Daemon:
         self.events_seen += n
         self.events_seen_total += n
         self.events_since_checkpoint += n
+
+    def _earn_columns(self, ev: Any, values: list[tuple[str, int]], event_no: int) -> None:
+        """An accepted event holds ``values`` ((name, hash)) of names that had no column when it
+        was hashed: count the names still without one (models/admission.py), give a column to
+        each that has now earned it, and put the values of every name with a column in its row.
+
+        Called in the order events are applied, so which events of a new field carry its values
+        depends on the stream only, not on when the decode worker learnt of the column.
+        """
+        place = []
+        for name, h in values:
+            col = self.interner.column(name)
+            if col is None:
+                if not self.admission.seen(name):
+                    continue
+                col = self._give_column(name)
+                if col is None:
+                    continue
+            place.append((col, h))
+            self.activity.touch(col, event_no)
+        if place:
+            row = np.full(len(self.interner.fields), MISSING, ROW_DTYPE)
+            old = ev.features
+            row[: len(old) // 8] = np.frombuffer(old, ROW_DTYPE)
+            for col, h in place:
+                row[col] = h
+            ev.features = row.tobytes()
+
+    def _give_column(self, name: str) -> int | None:
+        """A column for a name that has earned one (in the decode worker's interner too); None when
+        ``max_fields`` are taken (the name is counted as untracked)."""
+        self.interner.admit([name])
+        col = self.interner.column(name)
+        if col is None:
+            return None
+        if self.decoder is not None:
+            try:
+                self.decoder.admit([name])
+            except DecodeWorkerError as exc:
+                self._decoder_failed(exc)
+        self.activity.touch(col, self.activity.events)
+        log.info("field %r admitted: column %d (seen in %d accepted events)", name, col,
+                 self.s.field_admit_min_events)
+        return col
 
     def _count_events(self, events: list[Any], shard: ShardState, n_dead: int) -> None:
         for kind, count in Counter(map(type, events)).items():  # per batch, not per event

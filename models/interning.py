@@ -31,7 +31,9 @@ constants could construct colliding strings (the effect would be two values
 sharing counts, never an error).
 
 Columns are assigned to field names in order of first appearance (sorted
-within a batch) and never change. At most ``max_fields`` names get a column;
+within a batch) and never change; with ``admit_new=False`` (the daemon) only
+:meth:`Interner.admit` assigns them, and encoding reports the values of names
+without a column (``unadmitted``) for the caller to count (models/admission.py). At most ``max_fields`` names get a column;
 further names are counted in :attr:`Interner.untracked_fields` and ignored.
 For display (``values_for``, naming closed gate values) each column remembers
 ``hash → value`` for at most ``names_per_column`` distinct values; a column
@@ -451,7 +453,7 @@ class _ValueNames:
 class Interner:
     """Field names → columns, values → hashes; deterministic, bounded."""
 
-    def __init__(self, max_fields: int = 256, names_per_column: int = 1024) -> None:
+    def __init__(self, max_fields: int = 256, names_per_column: int = 1024, admit_new: bool = True) -> None:
         if max_fields < 1:
             raise ValueError("interner max_fields must be >= 1")
         if names_per_column < 0:
@@ -463,6 +465,11 @@ class Interner:
         self._names: list[_ValueNames] = []
         self._untracked: set[str] = set()
         self.untracked_overflow = 0  # names not remembered once the untracked set is full
+        # False: names without a column are not given one by encoding (the daemon admits them when
+        # they have earned it, see models/admission.py); their present values are appended to
+        # ``unadmitted`` as (name, rows, hashes) when that is a list
+        self.admit_new = admit_new
+        self.unadmitted: list[tuple[str, np.ndarray, np.ndarray]] | None = None
         # When a list: every change to columns and remembered names is appended to it, for a
         # replica elsewhere to :meth:`replay` (the decode worker keeps the daemon's copy exact).
         self.journal: list[tuple[Any, ...]] | None = None
@@ -510,12 +517,16 @@ class Interner:
                       n: int) -> EncodedBatch:
         """Place pre-hashed columns: ``hashed[k]`` is field ``names[k]``'s hashes (from this module's
         functions) and a function giving the value of row ``i`` (called only to remember names)."""
-        if not set(names) <= self._columns.keys():
+        if self.admit_new and not set(names) <= self._columns.keys():
             self._admit(names)
         out = np.full((n, len(self.fields)), MISSING, dtype=np.uint64)
         for name, (hashes, value_of) in zip(names, hashed, strict=True):
             col = self._columns.get(name)
             if col is None:
+                if self.unadmitted is not None:
+                    rows = np.flatnonzero(hashes != MISSING)
+                    if len(rows):
+                        self.unadmitted.append((name, rows, hashes[rows]))
                 continue
             out[:, col] = hashes
             self._names[col].learn(hashes, value_of, self.journal, col)
@@ -559,6 +570,7 @@ class Interner:
             "fields": list(self.fields),
             "untracked": sorted(self._untracked),
             "untracked_overflow": self.untracked_overflow,
+            "admit_new": self.admit_new,
         }
 
     @classmethod
@@ -573,7 +585,8 @@ class Interner:
             raise HashVersionError(
                 f"the state was written with value hash {version!r}, this version uses {HASH_VERSION!r}; "
                 "start from an empty state directory (and replay the input) to rebuild it")
-        interner = cls(int(snap["max_fields"]), int(snap.get("names_per_column", 1024)))
+        interner = cls(int(snap["max_fields"]), int(snap.get("names_per_column", 1024)),
+                       admit_new=bool(snap.get("admit_new", True)))
         interner._admit_in_order(snap["fields"])
         interner._untracked = set(snap.get("untracked", ()))
         interner.untracked_overflow = int(snap.get("untracked_overflow", 0))

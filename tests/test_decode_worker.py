@@ -333,7 +333,7 @@ def _pipeline_run(tmp_path, name: str, polls: list, kill_at: int | None) -> tupl
     if kill_at is not None:
         daemon.decoder = DecodeWorker(daemon.limits, daemon.interner)
         calls = {"n": 0}
-        collect = daemon.decoder.collect
+        collect = daemon.decoder.collect_wire
 
         def killing_collect() -> tuple:
             calls["n"] += 1
@@ -341,7 +341,7 @@ def _pipeline_run(tmp_path, name: str, polls: list, kill_at: int | None) -> tupl
                 os.kill(daemon.decoder.pid, signal.SIGKILL)  # type: ignore[union-attr]
             return collect()
 
-        daemon.decoder.collect = killing_collect  # type: ignore[method-assign]
+        daemon.decoder.collect_wire = killing_collect  # type: ignore[method-assign]
     try:
         for batch in [*polls, {}]:  # an empty poll applies what is left in flight
             daemon._take(batch)

@@ -1,0 +1,162 @@
+"""Field names earn their column (models/admission.py, the daemon's _earn_columns): counted in
+accepted events, admitted at the event that completes field_admit_min_events, never for names of
+rejected events; the same columns and rows whether the decode worker runs or not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import CollectorRegistry
+
+from connectors.codec import Click, Impression, encode
+from connectors.decode_worker import DecodeWorker
+from connectors.synthetic import GeneratorConfig, generate
+from daemon.config import load_settings
+from daemon.runloop import Daemon
+from models.admission import ColumnActivity, FieldAdmission
+
+
+# ------------------------------------------------------------------ the counter, on plain data
+def test_a_name_is_admitted_at_the_event_that_completes_its_count() -> None:
+    adm = FieldAdmission(min_events=3)
+    assert [adm.seen("a") for _ in range(4)] == [False, False, True, False]  # then counted afresh
+    assert adm.counts == {"a": 1}
+
+
+def test_the_candidate_table_is_bounded_and_keeps_frequent_names() -> None:
+    adm = FieldAdmission(min_events=50, capacity=64)
+    admitted = []
+    for k in range(20_000):
+        if adm.seen(f"junk{k}"):  # every event also brings a never-repeated name
+            admitted.append(f"junk{k}")
+        if k % 4 == 0 and adm.seen("real"):  # a name in a quarter of the events
+            admitted.append("real")
+        assert len(adm.counts) <= 64
+    assert admitted and set(admitted) == {"real"}
+    again = FieldAdmission.restore(adm.snapshot(), 50)
+    assert again.counts == adm.counts and list(again.counts) == list(adm.counts)
+
+
+def test_column_activity_finds_stale_columns() -> None:
+    act = ColumnActivity(reclaim_events=10)
+    act.observe([0, 4], 5)  # events 1..5: column 0 last in event 1, column 1 in event 5
+    act.observe([-1, 2], 10)  # events 6..15: column 1 in event 8
+    assert act.events == 15 and act.last_seen == [1, 8]
+    assert act.stale([0, 1]) == [0]
+    assert ColumnActivity(0).stale([0]) == []
+    assert ColumnActivity.restore(act.snapshot(), 10).last_seen == [1, 8]
+
+
+# ------------------------------------------------------------------ the daemon's pipeline, no broker
+class DeadLetterSink:
+    """Where the pipeline's dead letters go in these broker-less tests (tests/test_fields_e2e.py
+    runs the same through the real dead-letter topic)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[Any, ...]] = []
+        self.blocked_since = None
+
+    def send_all(self, letters: list[tuple[Any, ...]], should_stop: Any = None) -> None:
+        self.sent += letters
+
+
+def stream(junk: int = 0, late_from: int | None = None, n: int = 3000) -> list[Any]:
+    """A generated stream; with ``junk``: that many junk names, each in two impressions; with
+    ``late_from``: a field ``late`` in every impression from that one on."""
+    out: list[Any] = []
+    k = 0
+    for ev in generate(GeneratorConfig(seed=3, n_impressions=n, preset="small", event_rate=20.0)):
+        if isinstance(ev, Impression):
+            feats = dict(ev.features)
+            if junk and k % 2 == 0:
+                feats[f"junk{(k // 2) % junk:05d}"] = k
+            if late_from is not None and k >= late_from:
+                feats["late"] = k % 7
+            ev = Impression(ev.id, ev.ts, feats)
+            k += 1
+        out.append(ev)
+    return out
+
+
+def polls_of(events: list[Any], size: int = 250) -> list[dict[TopicPartition, list[ConsumerRecord]]]:
+    tps = {Impression: TopicPartition("i", 0), Click: TopicPartition("c", 0)}
+    records: dict[TopicPartition, list[ConsumerRecord]] = {tp: [] for tp in tps.values()}
+    for ev in events:
+        tp = tps[type(ev)]
+        records[tp].append(ConsumerRecord(tp.topic, 0, 0, len(records[tp]), ev.ts, 0, None, encode(ev),
+                                          [], None, 0, 0, 0))
+    longest = max(len(r) for r in records.values())
+    return [{tp: r[k : k + size] for tp, r in records.items() if r[k : k + size]} for k in range(0, longest, size)]
+
+
+def run(tmp_path: Path, name: str, events: list[Any], worker: bool = False, **overrides: Any) -> Daemon:
+    settings = load_settings(env={}).with_overrides(state_dir=str(tmp_path / name), gates=False,
+                                                    decode_process=False, **overrides)
+    daemon = Daemon(settings, CollectorRegistry())
+    daemon.dlq = DeadLetterSink()  # type: ignore[assignment]
+    if worker:
+        daemon.decoder = DecodeWorker(daemon.limits, daemon.interner)
+    try:
+        for batch in polls_of(events):
+            daemon._take(batch)
+        daemon._settle_in_flight()
+    finally:
+        if daemon.decoder is not None:
+            daemon.decoder.close(timeout_s=1.0)
+    return daemon
+
+
+def pending_rows(daemon: Daemon) -> list[bytes]:
+    return [f for s in daemon.shards.values() for _, f in s.join._imps.values() if f is not None]
+
+
+def test_junk_names_never_get_a_column_and_real_ones_all_do(tmp_path: Path) -> None:
+    clean = run(tmp_path, "clean", stream())
+    junky = run(tmp_path, "junk", stream(junk=1000))
+    real = sorted(clean.interner.fields)
+    assert sorted(junky.interner.fields) == real and len(real) > 10
+    assert junky.global_mi().field_names() == clean.global_mi().field_names() == real
+    assert junky.admission.counts and all(n.startswith("junk") for n in junky.admission.counts)
+    assert max(map(len, pending_rows(junky))) <= 8 * len(real)
+
+
+def test_a_field_earns_its_column_at_the_same_event_with_or_without_the_worker(tmp_path: Path) -> None:
+    events = stream(junk=300, late_from=1200)
+    loop = run(tmp_path, "loop", events)
+    worker = run(tmp_path, "worker", events, worker=True)
+    assert loop.interner.fields == worker.interner.fields and "late" in loop.interner.fields
+    assert pending_rows(loop) == pending_rows(worker)
+    for a, b in zip(loop.global_mi().scores(), worker.global_mi().scores(), strict=True):
+        assert (a.name, a.mi, a.examples) == (b.name, b.mi, b.examples)
+    # "late" has values from the 20th impression holding it on, not before
+    late = loop.global_mi().field_counts("late")
+    assert late is not None
+
+
+@pytest.mark.parametrize("min_events", [1, 5])
+def test_names_of_rejected_events_are_never_interned(tmp_path: Path, min_events: int) -> None:
+    events = stream(n=1500)
+    last = max(ev.ts for ev in events)
+    # far beyond max_future_s: every one of them is dead-lettered
+    evil = [Impression(f"evil{k}", last + 10 * 86_400_000 + k, {"evil": k}) for k in range(50)]
+    daemon = run(tmp_path, "evil", events + evil, field_admit_min_events=min_events)
+    assert len(daemon.dlq.sent) == 50  # type: ignore[union-attr]
+    assert daemon.interner.column("evil") is None and "evil" not in daemon.admission.counts
+
+
+def test_admission_state_survives_a_checkpoint(tmp_path: Path) -> None:
+    events = stream(junk=200)
+    daemon = run(tmp_path, "a", events)
+    daemon.store.write(daemon.state_snapshot())
+    restored = Daemon(daemon.s, CollectorRegistry())
+    restored._restored_gates = None
+    restored._restore()
+    assert restored.admission.counts == daemon.admission.counts
+    assert restored.activity.snapshot() == daemon.activity.snapshot()
+    assert restored.interner.fields == daemon.interner.fields and not restored.interner.admit_new
+    assert np.array_equal(np.array(restored.activity.last_seen), np.array(daemon.activity.last_seen))
