@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -142,7 +142,6 @@ class Daemon:
         self.store = SnapshotStore(state_dir, keep=settings.keep_snapshots)
         # names get columns only once they have earned them (models/admission.py): never by encoding
         self.interner = Interner(settings.max_fields, admit_new=False)
-        self.admission = FieldAdmission(settings.field_admit_min_events)
         self.activity = ColumnActivity(settings.field_reclaim_events)
         self.shards: dict[int, ShardState] = {}
         self.assigned: set[TopicPartition] = set()
@@ -199,7 +198,8 @@ class Daemon:
             # has read only impressions so far would expire them before their clicks are read
             sources=[(t, shard) for t in s.input_topics],
         )
-        return ShardState(shard=shard, join=join, mi=MIState(self.mi_config))
+        return ShardState(shard=shard, join=join, mi=MIState(self.mi_config),
+                          admission=FieldAdmission(s.field_admit_min_events))
 
     def _restore(self) -> int:
         """Restore the newest snapshot; 0 bytes on a first start (or with ``--reset-state``).
@@ -239,10 +239,11 @@ class Daemon:
         try:
             self.interner = Interner.restore(state["interner"])
             self.interner.admit_new = False
-            self.shards = {int(sh["shard"]): ShardState.restore(sh) for sh in state["shards"]}
+            self.shards = {int(sh["shard"]): ShardState.restore(sh, self.s.field_admit_min_events)
+                           for sh in state["shards"]}
             self._rows_from_dicts()
-            if state.get("admission") is not None:
-                self.admission = FieldAdmission.restore(state["admission"], self.s.field_admit_min_events)
+            for shard in self.shards.values():
+                self._admission_of(shard)
             if state.get("activity") is not None:
                 self.activity = ColumnActivity.restore(state["activity"], self.s.field_reclaim_events)
             for col in range(len(self.interner.fields)):
@@ -301,7 +302,6 @@ class Daemon:
             "gates": gates,
             "events_seen": self.events_seen_total,
             "settings": baked_settings(self.s),
-            "admission": self.admission.snapshot(),
             "activity": self.activity.snapshot(),
         }
 
@@ -629,6 +629,7 @@ class Daemon:
         if found is not None and (local is None or _progress(found[0]) >= _progress(local)):
             published, fields = found
             self._adopt_rows(published, fields)
+            self._admission_of(published)
             self.shards[p] = published
             log.info("shard %d resumed from the stats topic at %s", p, _offsets_of(published))
 
@@ -643,7 +644,6 @@ class Daemon:
             assert not self._in_flight
             self.interner.admit(new)
             for name in new:  # earned elsewhere: tracked here from now on
-                self.admission.forget(name)
                 if (col := self.interner.column(name)) is not None:
                     self.activity.touch(col, self.activity.events)
             if self.decoder is not None:
@@ -806,15 +806,20 @@ class Daemon:
         dead: list[tuple[ConsumerRecord, str, str]] = [(records[i], e.reason, e.detail) for i, e in bad]
         good_records = _without(records, [i for i, _ in bad])
         first_event = self.activity.events
-        if wire is not None and wire.extras:
-            by_event: dict[int, list[tuple[str, int]]] = {}
+        by_event: dict[int, list[tuple[str, int]]] = {}
+        if wire is not None:
             for i, name, h in wire.extras:
                 by_event.setdefault(i, []).append((name, h))
-
+        assert shard.admitted is not None
+        # columns other shards earned that this one has not (yet): their values are counted here
+        waiting = [c for c, name in enumerate(self.interner.fields) if name not in shard.admitted]
+        if by_event or waiting:
             def accepted(i: int, ev: Any) -> None:
-                self._earn_columns(ev, by_event[i], first_event + i + 1)
+                if ev.features is not None:
+                    self._earn_columns(shard, ev, by_event.get(i, ()), first_event + i + 1, waiting)
 
-            result = shard.join.process(events, source, accepted, by_event)
+            watch: Any = range(len(events)) if waiting else by_event
+            result = shard.join.process(events, source, accepted, watch)
         else:
             result = shard.join.process(events, source)
         self.activity.observe(wire.last_seen if wire is not None else (), len(events))
@@ -837,32 +842,61 @@ class Daemon:
         self.events_seen_total += n
         self.events_since_checkpoint += n
 
-    def _earn_columns(self, ev: Any, values: list[tuple[str, int]], event_no: int) -> None:
-        """An accepted event holds ``values`` ((name, hash)) of names that had no column when it
-        was hashed: count the names still without one (models/admission.py), give a column to
-        each that has now earned it, and put the values of every name with a column in its row.
+    def _earn_columns(self, shard: ShardState, ev: Any, values: Sequence[tuple[str, int]], event_no: int,
+                      waiting: list[int]) -> None:
+        """An accepted event of ``shard``: count the names it holds that this shard has not admitted
+        (models/admission.py), admit those that have now earned it (a column for a name that has
+        none), and leave in its row exactly the values of the names this shard has admitted.
 
-        Called in the order events are applied, so which events of a new field carry its values
-        depends on the stream only, not on when the decode worker learnt of the column.
+        ``values`` ((name, hash)) are those of names that had no column when the event was hashed;
+        ``waiting`` the columns this shard has not admitted (updated here). Called in the order the
+        shard's events are applied, so which of a shard's events carry a new field's values
+        depends on that shard's stream only: not on other shards, nor on when the decode worker
+        learnt of a column.
         """
-        place = []
+        assert shard.admitted is not None
+        fields = self.interner.fields
+        changes: list[tuple[int, int]] = []
+        if waiting:
+            old = np.frombuffer(ev.features, ROW_DTYPE)
+            for c in list(waiting):
+                if c >= len(old) or old[c] == MISSING:
+                    continue
+                if shard.admission.seen(fields[c]):
+                    shard.admitted.add(fields[c])
+                    waiting.remove(c)
+                    self.activity.touch(c, event_no)
+                else:
+                    changes.append((c, MISSING))
         for name, h in values:
-            col = self.interner.column(name)
-            if col is None:
-                if not self.admission.seen(name):
+            col: int | None = self.interner.column(name)
+            if name not in shard.admitted:
+                if not shard.admission.seen(name):
                     continue
-                col = self._give_column(name)
                 if col is None:
-                    continue
-            place.append((col, h))
+                    col = self._give_column(name)
+                    if col is None:
+                        continue  # max_fields taken: counted again from zero, untracked meanwhile
+                elif col in waiting:
+                    waiting.remove(col)
+                shard.admitted.add(name)
+            if col is None:
+                continue
+            changes.append((col, h))
             self.activity.touch(col, event_no)
-        if place:
-            row = np.full(len(self.interner.fields), MISSING, ROW_DTYPE)
-            old = ev.features
-            row[: len(old) // 8] = np.frombuffer(old, ROW_DTYPE)
-            for col, h in place:
+        if changes:
+            row = np.full(len(fields), MISSING, ROW_DTYPE)
+            old_row = ev.features
+            row[: len(old_row) // 8] = np.frombuffer(old_row, ROW_DTYPE)
+            for col, h in changes:
                 row[col] = h
             ev.features = row.tobytes()
+
+    def _admission_of(self, shard: ShardState) -> None:
+        """A shard restored from a version without per-shard admission has admitted every column."""
+        shard.admission.min_events = self.s.field_admit_min_events
+        if shard.admitted is None:
+            shard.admitted = set(self.interner.fields)
 
     def _give_column(self, name: str) -> int | None:
         """A column for a name that has earned one (in the decode worker's interner too); None when
@@ -877,7 +911,7 @@ class Daemon:
             except DecodeWorkerError as exc:
                 self._decoder_failed(exc)
         self.activity.touch(col, self.activity.events)
-        log.info("field %r admitted: column %d (seen in %d accepted events)", name, col,
+        log.info("field %r admitted: column %d (seen in %d accepted events of a shard)", name, col,
                  self.s.field_admit_min_events)
         return col
 
@@ -903,7 +937,13 @@ class Daemon:
         ts = np.fromiter((ex.ts for ex in examples), dtype=np.int64, count=len(examples))
         fields = list(self.interner.fields)
         encoded = EncodedBatch(fields, rows_matrix([ex.features for ex in examples], len(fields)))
-        shard.mi.update(encoded, labels, ts)
+        assert shard.admitted is not None
+        if len(shard.admitted) < len(fields):
+            # the shard's MI counts the fields it has admitted only: a function of its own stream
+            cols = [c for c, name in enumerate(fields) if name in shard.admitted]
+            shard.mi.update(EncodedBatch([fields[c] for c in cols], encoded.hashes[:, cols]), labels, ts)
+        else:
+            shard.mi.update(encoded, labels, ts)
         positives = int(labels.sum())
         self.metrics.examples.labels("positive").inc(positives)
         self.metrics.examples.labels("negative").inc(len(labels) - positives)

@@ -65,12 +65,12 @@ class DeadLetterSink:
         self.sent += letters
 
 
-def stream(junk: int = 0, late_from: int | None = None, n: int = 3000) -> list[Any]:
+def stream(junk: int = 0, late_from: int | None = None, n: int = 3000, seed: int = 3) -> list[Any]:
     """A generated stream; with ``junk``: that many junk names, each in two impressions; with
     ``late_from``: a field ``late`` in every impression from that one on."""
     out: list[Any] = []
     k = 0
-    for ev in generate(GeneratorConfig(seed=3, n_impressions=n, preset="small", event_rate=20.0)):
+    for ev in generate(GeneratorConfig(seed=seed, n_impressions=n, preset="small", event_rate=20.0)):
         if isinstance(ev, Impression):
             feats = dict(ev.features)
             if junk and k % 2 == 0:
@@ -83,18 +83,20 @@ def stream(junk: int = 0, late_from: int | None = None, n: int = 3000) -> list[A
     return out
 
 
-def polls_of(events: list[Any], size: int = 250) -> list[dict[TopicPartition, list[ConsumerRecord]]]:
-    tps = {Impression: TopicPartition("i", 0), Click: TopicPartition("c", 0)}
+def polls_of(events: list[Any], size: int = 250, partition: int = 0
+             ) -> list[dict[TopicPartition, list[ConsumerRecord]]]:
+    tps = {Impression: TopicPartition("i", partition), Click: TopicPartition("c", partition)}
     records: dict[TopicPartition, list[ConsumerRecord]] = {tp: [] for tp in tps.values()}
     for ev in events:
         tp = tps[type(ev)]
-        records[tp].append(ConsumerRecord(tp.topic, 0, 0, len(records[tp]), ev.ts, 0, None, encode(ev),
+        records[tp].append(ConsumerRecord(tp.topic, partition, 0, len(records[tp]), ev.ts, 0, None, encode(ev),
                                           [], None, 0, 0, 0))
     longest = max(len(r) for r in records.values())
     return [{tp: r[k : k + size] for tp, r in records.items() if r[k : k + size]} for k in range(0, longest, size)]
 
 
-def run(tmp_path: Path, name: str, events: list[Any], worker: bool = False, **overrides: Any) -> Daemon:
+def run(tmp_path: Path, name: str, events: list[Any], worker: bool = False,
+        polls: list[dict[TopicPartition, list[ConsumerRecord]]] | None = None, **overrides: Any) -> Daemon:
     settings = load_settings(env={}).with_overrides(state_dir=str(tmp_path / name), gates=False,
                                                     decode_process=False, **overrides)
     daemon = Daemon(settings, CollectorRegistry())
@@ -102,7 +104,7 @@ def run(tmp_path: Path, name: str, events: list[Any], worker: bool = False, **ov
     if worker:
         daemon.decoder = DecodeWorker(daemon.limits, daemon.interner)
     try:
-        for batch in polls_of(events):
+        for batch in polls if polls is not None else polls_of(events):
             daemon._take(batch)
         daemon._settle_in_flight()
     finally:
@@ -121,7 +123,8 @@ def test_junk_names_never_get_a_column_and_real_ones_all_do(tmp_path: Path) -> N
     real = sorted(clean.interner.fields)
     assert sorted(junky.interner.fields) == real and len(real) > 10
     assert junky.global_mi().field_names() == clean.global_mi().field_names() == real
-    assert junky.admission.counts and all(n.startswith("junk") for n in junky.admission.counts)
+    counts = junky.shards[0].admission.counts
+    assert counts and all(n.startswith("junk") for n in counts)
     assert max(map(len, pending_rows(junky))) <= 8 * len(real)
 
 
@@ -146,7 +149,7 @@ def test_names_of_rejected_events_are_never_interned(tmp_path: Path, min_events:
     evil = [Impression(f"evil{k}", last + 10 * 86_400_000 + k, {"evil": k}) for k in range(50)]
     daemon = run(tmp_path, "evil", events + evil, field_admit_min_events=min_events)
     assert len(daemon.dlq.sent) == 50  # type: ignore[union-attr]
-    assert daemon.interner.column("evil") is None and "evil" not in daemon.admission.counts
+    assert daemon.interner.column("evil") is None and "evil" not in daemon.shards[0].admission.counts
 
 
 def test_admission_state_survives_a_checkpoint(tmp_path: Path) -> None:
@@ -156,7 +159,29 @@ def test_admission_state_survives_a_checkpoint(tmp_path: Path) -> None:
     restored = Daemon(daemon.s, CollectorRegistry())
     restored._restored_gates = None
     restored._restore()
-    assert restored.admission.counts == daemon.admission.counts
+    assert restored.shards[0].admission.counts == daemon.shards[0].admission.counts
+    assert restored.shards[0].admitted == daemon.shards[0].admitted == set(daemon.interner.fields)
     assert restored.activity.snapshot() == daemon.activity.snapshot()
     assert restored.interner.fields == daemon.interner.fields and not restored.interner.admit_new
     assert np.array_equal(np.array(restored.activity.last_seen), np.array(daemon.activity.last_seen))
+
+
+def test_a_shards_state_depends_on_its_own_stream_only(tmp_path: Path) -> None:
+    """Another shard that earns a field first (its column exists before this shard has seen the
+    field 20 times) changes nothing in this shard's rows' values or MI counts."""
+    mine = polls_of(stream(late_from=1500), partition=0)
+    other = polls_of(stream(seed=8, late_from=0, junk=100), partition=1)
+    alone = run(tmp_path, "alone", [], polls=mine)
+    both = run(tmp_path, "both", [], polls=[{**b, **a} for a, b in zip(mine, other, strict=False)]
+               + mine[len(other):])
+    assert both.shards[1].admitted == alone.shards[0].admitted | {"late"}
+
+    def state(d: Daemon) -> tuple[Any, ...]:
+        shard = d.shards[0]
+        scores = [(f.name, f.mi, f.examples, f.positives, f.cardinality) for f in shard.mi.scores()]
+        stats = shard.join.stats()
+        del stats["pending_bytes"]  # rows are as wide as the columns of all shards (MISSING where not admitted)
+        return scores, stats, sorted(shard.admitted), shard.admission.counts
+
+    assert state(both) == state(alone)
+    assert "late" in alone.shards[0].admitted

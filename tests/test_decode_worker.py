@@ -232,7 +232,7 @@ def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_pr
     daemon = runloop.Daemon(settings, CollectorRegistry(), exit_at_end=max_events is None,
                             max_events=max_events)
     if kill_after is not None:
-        original = runloop.DecodeWorker.collect
+        original = runloop.DecodeWorker.collect_wire
         calls = {"n": 0}
 
         def collect(worker: DecodeWorker) -> tuple:
@@ -241,11 +241,11 @@ def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_pr
                 os.kill(worker.pid, signal.SIGKILL)
             return original(worker)
 
-        runloop.DecodeWorker.collect = collect  # type: ignore[method-assign]
+        runloop.DecodeWorker.collect_wire = collect  # type: ignore[method-assign]
         try:
             assert daemon.run() == 0
         finally:
-            runloop.DecodeWorker.collect = original  # type: ignore[method-assign]
+            runloop.DecodeWorker.collect_wire = original  # type: ignore[method-assign]
         assert calls["n"] >= kill_after and daemon.decoder is None
     else:
         assert daemon.run() == 0
