@@ -184,6 +184,21 @@ def remap_rows(rows: Sequence[bytes], cols: Sequence[int | None], width: int) ->
     return out
 
 
+_MISSING_BYTES = np.array([MISSING], ROW_DTYPE).tobytes()
+
+
+def blank_column(rows: Sequence[bytes], col: int) -> list[bytes]:
+    """Rows with column ``col`` read as missing (a reclaimed column's old values)."""
+    at = 8 * col
+    return [r[:at] + _MISSING_BYTES + r[at + 8 :] if len(r) > at else r for r in rows]
+
+
+def column_value(row: bytes, col: int) -> int:
+    """The hash in column ``col`` of a row (MISSING past its end)."""
+    at = 8 * col
+    return int.from_bytes(row[at : at + 8], "little") if len(row) > at else MISSING
+
+
 @dataclass
 class WireBatch:
     """A decoded batch in columns, for the way back: written to shared memory by :func:`write_wire`
@@ -386,7 +401,10 @@ def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the child
         item = pickle.loads(head)
         if item is None:
             return
-        interner.admit(item[1])  # ("admit", names): the daemon gave these names columns
+        if item[0] == "release":  # ("release", col): the daemon reclaimed that column
+            interner.release(item[1])
+        else:
+            interner.admit(item[1])  # ("admit", names): the daemon gave these names columns
         interner.take_journal()
 
 
@@ -453,6 +471,14 @@ class DecodeWorker:
         batches in flight were hashed without them and report their values in ``extras``."""
         try:
             self._conn.send(("admit", list(names)))
+        except (BrokenPipeError, OSError) as exc:
+            raise DecodeWorkerError(f"decode worker gone ({exc})") from exc
+
+    def release(self, col: int) -> None:
+        """Reclaim column ``col`` in the replica too, after the batches already submitted (their
+        rows still hold the old field's values there: the daemon reads them as that field's)."""
+        try:
+            self._conn.send(("release", int(col)))
         except (BrokenPipeError, OSError) as exc:
             raise DecodeWorkerError(f"decode worker gone ({exc})") from exc
 

@@ -40,6 +40,8 @@ from connectors.decode_worker import (
     DecodeWorker,
     DecodeWorkerError,
     WireBatch,
+    blank_column,
+    column_value,
     decode_wire,
     from_wire,
     hash_rows,
@@ -71,7 +73,7 @@ from daemon.metrics import DaemonMetrics, LiveGauges
 from daemon.settings_map import endpoint_from, gate_config_from, limits_from, mi_config_from
 from daemon.shards import ShardState, merged_mi
 from models.admission import ColumnActivity, FieldAdmission
-from models.interning import MISSING, EncodedBatch, HashVersionError, Interner
+from models.interning import HOLE, MISSING, EncodedBatch, HashVersionError, Interner
 from models.mi import MIState
 
 log = logging.getLogger("featsieve")
@@ -174,6 +176,10 @@ class Daemon:
         # batches handed to the decoder and not yet applied, oldest first (their offsets are not
         # in any shard yet: a checkpoint taken meanwhile resumes before them)
         self._in_flight: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
+        # columns reclaimed by this process, in order, and for each batch in flight how many had been
+        # when it was submitted: its rows still hold the old fields' values in the later ones
+        self._releases: list[tuple[int, str]] = []
+        self._in_flight_releases: deque[int] = deque()
         self.masks = MaskBuilder(settings)
         self.publisher: MaskPublisher | None = None
         self.consumer: Any = None
@@ -755,6 +761,7 @@ class Daemon:
             try:
                 self.decoder.submit([r.value for r in records])
                 self._in_flight.append((tp, records))
+                self._in_flight_releases.append(len(self._releases))
                 return 1
             except DecodeWorkerError as exc:
                 self._decoder_failed(exc)
@@ -769,6 +776,7 @@ class Daemon:
         while len(self._in_flight) > keep:
             if self.decoder is None:
                 tp, records = self._in_flight.popleft()
+                self._in_flight_releases.popleft()  # decoded again now, with today's columns
                 if not drop or tp not in drop:
                     self._process_partition(tp, records)
                 continue
@@ -778,7 +786,10 @@ class Daemon:
                 self._decoder_failed(exc)
                 continue
             tp, records = self._in_flight.popleft()
+            released = self._in_flight_releases.popleft()
             if not drop or tp not in drop:
+                if released < len(self._releases):
+                    self._read_released(events, wire, self._releases[released:])
                 self._apply(tp, records, events, bad, wire)
 
     def _settle_in_flight(self, drop: set[TopicPartition] | None = None) -> None:
@@ -812,7 +823,7 @@ class Daemon:
                 by_event.setdefault(i, []).append((name, h))
         assert shard.admitted is not None
         # columns other shards earned that this one has not (yet): their values are counted here
-        waiting = [c for c, name in enumerate(self.interner.fields) if name not in shard.admitted]
+        waiting = [c for c, name in enumerate(self.interner.fields) if name not in shard.admitted and name != HOLE]
         if by_event or waiting:
             def accepted(i: int, ev: Any) -> None:
                 if ev.features is not None:
@@ -841,6 +852,56 @@ class Daemon:
         self.events_seen += n
         self.events_seen_total += n
         self.events_since_checkpoint += n
+        if self.activity.reclaim_events:
+            for col in self.activity.stale(c for c, name in enumerate(self.interner.fields) if name != HOLE):
+                self._reclaim(col)
+
+    def _reclaim(self, col: int) -> None:
+        """Take column ``col`` from its field, not seen in ``field_reclaim_events`` events: its
+        counts and admission in every shard, its values in pending rows, its policy history and
+        its gate state are cleared, so that the field (or the next one given the column) starts as
+        if never seen. Batches in flight read its old values as that field's (:meth:`_read_released`)."""
+        name = self.interner.release(col)
+        self._releases.append((col, name))
+        if self.decoder is not None:
+            try:
+                self.decoder.release(col)
+            except DecodeWorkerError as exc:
+                self._decoder_failed(exc)
+        for shard in self.shards.values():
+            shard.admission.forget(name)
+            if shard.admitted is not None:
+                shard.admitted.discard(name)
+            shard.mi.drop_field(name)
+            shard.join.map_features(lambda rows: blank_column(rows, col))
+        self.masks.policy.forget(name)
+        if self.trainer is not None:
+            self.trainer.call(lambda model: model.clear_column(col))
+        self.metrics.field_columns.labels("reclaimed").inc()
+        log.info("field %r reclaimed: column %d, not seen in the last %d events", name, col,
+                 self.activity.reclaim_events)
+
+    @staticmethod
+    def _read_released(events: list[Any], wire: WireBatch, released: list[tuple[int, str]]) -> None:
+        """A batch hashed before these columns were reclaimed: their values are the old fields',
+        which have no column now; hand them on as values of names without one (``extras``), as
+        decoding the batch now would."""
+        found = []
+        for i, ev in enumerate(events):
+            row = ev.features
+            if row is None:
+                continue
+            for col, name in released:
+                h = column_value(row, col)
+                if h != MISSING:
+                    found.append((i, name, h))
+                    row = blank_column([row], col)[0]
+            ev.features = row
+        if found:
+            wire.extras = sorted(wire.extras + found)
+        for col, _ in released:  # nor were they the values of whatever holds the column now
+            if col < len(wire.last_seen):
+                wire.last_seen[col] = -1
 
     def _earn_columns(self, shard: ShardState, ev: Any, values: Sequence[tuple[str, int]], event_no: int,
                       waiting: list[int]) -> None:
@@ -911,6 +972,7 @@ class Daemon:
             except DecodeWorkerError as exc:
                 self._decoder_failed(exc)
         self.activity.touch(col, self.activity.events)
+        self.metrics.field_columns.labels("admitted").inc()
         log.info("field %r admitted: column %d (seen in %d accepted events of a shard)", name, col,
                  self.s.field_admit_min_events)
         return col

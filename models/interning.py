@@ -64,6 +64,8 @@ T_BIGINT = 0x626967696E745F21
 T_REPR = 0x7265707276616C21
 _INT_MIN, _INT_END = -(1 << 63), 1 << 63
 _UNTRACKED_NAMES_CAP = 10_000
+# The name a reclaimed column holds until it is given again (a field of this name is never tracked).
+HOLE = "\x00reclaimed\x00"
 _SHORT = 10  # longest value hashed by the gather path of _hash_strs
 
 
@@ -486,10 +488,20 @@ class Interner:
         if self.journal is not None:
             self.journal.append(("admit", sorted(set(names) - self._columns.keys())))
         for name in sorted(set(names) - self._columns.keys()):
-            if len(self.fields) < self.max_fields:
+            if name == HOLE:
+                continue
+            holes = self.holes()
+            if holes:  # a reclaimed column, lowest first
+                col = holes[0]
+                self._columns[name] = col
+                self.fields[col] = name
+                self._names[col] = _ValueNames(self.names_per_column)
+                self._untracked.discard(name)
+            elif len(self.fields) < self.max_fields:
                 self._columns[name] = len(self.fields)
                 self.fields.append(name)
                 self._names.append(_ValueNames(self.names_per_column))
+                self._untracked.discard(name)
             elif name not in self._untracked:
                 if len(self._untracked) < _UNTRACKED_NAMES_CAP:
                     self._untracked.add(name)
@@ -533,8 +545,26 @@ class Interner:
         return EncodedBatch(list(self.fields), out)
 
     def admit(self, names: Sequence[str]) -> None:
-        """Give columns to ``names`` now (sorted, as a batch would); known names are ignored."""
+        """Give columns to ``names`` now (sorted, as a batch would; reclaimed columns first, lowest
+        first); known names are ignored."""
         self._admit(names)
+
+    def release(self, col: int) -> str:
+        """Reclaim column ``col``: its name loses it (and its remembered values); the column holds
+        :data:`HOLE` until :meth:`admit` gives it to a name. Returns the name it had."""
+        name = self.fields[col]
+        if name == HOLE:
+            raise ValueError(f"column {col} is not in use")
+        del self._columns[name]
+        self.fields[col] = HOLE
+        self._names[col] = _ValueNames(0)
+        return name
+
+    def holes(self) -> list[int]:
+        """Reclaimed columns not given again, in order."""
+        if len(self._columns) == len(self.fields):
+            return []
+        return [c for c, name in enumerate(self.fields) if name == HOLE]
 
     def take_journal(self) -> list[tuple[Any, ...]]:
         """The changes journalled since the last call (journalling stays on)."""
@@ -594,6 +624,7 @@ class Interner:
 
     def _admit_in_order(self, names: Sequence[str]) -> None:
         for name in names:
-            self._columns[name] = len(self.fields)
+            if name != HOLE:
+                self._columns[name] = len(self.fields)
             self.fields.append(name)
-            self._names.append(_ValueNames(self.names_per_column))
+            self._names.append(_ValueNames(self.names_per_column if name != HOLE else 0))

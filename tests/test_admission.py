@@ -185,3 +185,116 @@ def test_a_shards_state_depends_on_its_own_stream_only(tmp_path: Path) -> None:
 
     assert state(both) == state(alone)
     assert "late" in alone.shards[0].admitted
+
+
+# ------------------------------------------------------------------ reclaim
+def test_interner_reclaimed_columns_are_given_again_lowest_first() -> None:
+    from models.interning import HOLE, Interner
+
+    it = Interner(max_fields=4, admit_new=False)
+    it.admit(["a", "b", "c"])
+    assert it.release(1) == "b" and it.fields == ["a", HOLE, "c"] and it.column("b") is None
+    it.admit(["z"])
+    assert it.fields == ["a", "z", "c"]
+    it.release(0)
+    again = Interner.restore(it.snapshot())
+    assert again.fields == [HOLE, "z", "c"] and again.holes() == [0] and again.column("z") == 1
+    again.admit(["y", "x"])
+    assert again.fields == ["x", "z", "c", "y"]
+    again.release(2)
+    with pytest.raises(ValueError, match="not in use"):
+        again.release(2)
+
+
+def _mi_of(events: list[tuple[dict[str, Any], int, int]], pairs: int) -> Any:
+    from models.interning import Interner
+    from models.mi import MIConfig, MIState
+
+    mi = MIState(MIConfig(block_ms=1000, blocks=3, pairs_top_n=pairs))
+    it = Interner()
+    for k in range(0, len(events), 50):
+        part = events[k : k + 50]
+        batch = it.encode([f for f, _, _ in part])
+        mi.update(batch, np.array([y for _, y, _ in part], np.int8), np.array([t for _, _, t in part], np.int64))
+    return mi
+
+
+@pytest.mark.parametrize("pairs", [0, 4])
+def test_law_dropping_a_field_leaves_the_state_of_a_stream_without_it(pairs: int) -> None:
+    """MIState.drop_field(f) == the MI state of the same stream without f: every other field's
+    counts, blocks and expiry; with pair scoring, no pair with f is left."""
+    rng = np.random.default_rng(5)
+    events = []
+    for k in range(2000):
+        y = int(rng.random() < 0.2)
+        feats: dict[str, Any] = {"a": int(rng.integers(5)) + y, "b": str(rng.integers(30)), "c": int(rng.integers(3))}
+        if k < 1200:
+            feats["gone"] = int(rng.integers(4)) * (1 + y)
+        events.append((feats, y, k * 7))
+    full = _mi_of(events, pairs)
+    full.drop_field("gone")
+    never = _mi_of([({n: v for n, v in f.items() if n != "gone"}, y, t) for f, y, t in events], pairs)
+    assert "gone" not in full.field_names() and all("gone" not in p for p in full.pairs)
+    assert all("gone" not in p for tables in full.pair_blocks.values() for p in tables)
+    want = never.snapshot()
+    got = full.snapshot()
+    if pairs:  # pair tables of pairs chosen among fields with it may differ: compare the fields
+        for snap in (want, got):
+            snap.pop("pair_blocks")
+            snap.pop("pairs")
+    assert repr(got) == repr(want)
+
+
+def test_gate_model_clear_column_resets_only_that_column() -> None:
+    torch = pytest.importorskip("torch")
+    from models.gates import GateConfig, GatedCTR
+
+    cfg = GateConfig(max_fields=3, buckets_per_field=16, window=1000)
+    model = GatedCTR(cfg, seed=1)
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(1, 2**63, size=(1500, 3), dtype=np.int64).astype(np.uint64)
+    model.learn(hashes, (rng.random(1500) < 0.3).astype(np.int8))
+    before = model.net.table.clone()
+    model.clear_column(1)
+    rows = slice(16, 32)
+    assert torch.count_nonzero(model.net.table[rows]) == 0
+    assert torch.equal(model.net.table[:16], before[:16]) and torch.equal(model.net.table[32:], before[32:])
+    assert float(model.search.field_gate[1]) == 0.0 and model.search.freq[rows].sum() == 0
+    assert 1 not in model.seen_values and 1 not in model.wide_columns
+    model.clear_column(7)  # beyond max_fields: nothing to clear
+
+
+def test_a_field_not_seen_for_a_while_loses_its_column_as_if_never_seen(tmp_path: Path) -> None:
+    """The daemon reclaims a field absent from field_reclaim_events events: afterwards every
+    shard's MI and admission equal those of the stream that never had it, with or without the
+    decode worker (batches in flight at the reclaim included)."""
+    def with_gone(events: list[Any]) -> list[Any]:
+        out, k = [], 0
+        for ev in events:
+            if isinstance(ev, Impression):
+                if k < 400:
+                    ev = Impression(ev.id, ev.ts, {**ev.features, "gone": k % 3})
+                k += 1
+            out.append(ev)
+        return out
+
+    base = stream(late_from=2500, n=3000)
+    settings = {"field_reclaim_events": 800}
+    loop = run(tmp_path, "loop", with_gone(base), **settings)
+    worker = run(tmp_path, "worker", with_gone(base), worker=True, **settings)
+    never = run(tmp_path, "never", base, **settings)
+    assert loop.metrics.field_columns.labels("reclaimed")._value.get() == 1
+    for d in (loop, worker):
+        assert "gone" not in d.interner.fields and "gone" not in d.global_mi().field_names()
+        assert "late" in d.interner.fields  # admitted after the reclaim: into the freed column
+        assert d.interner.column("late") == loop.interner.column("late")
+
+    def state(d: Daemon) -> tuple[Any, ...]:
+        shard = d.shards[0]
+        scores = [(f.name, f.mi, f.examples, f.positives, f.cardinality) for f in shard.mi.scores()]
+        stats = shard.join.stats()
+        del stats["pending_bytes"]
+        return scores, stats, sorted(shard.admitted), shard.admission.counts
+
+    assert state(loop) == state(worker) == state(never)
+    assert pending_rows(loop) == pending_rows(worker)
