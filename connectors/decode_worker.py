@@ -53,6 +53,7 @@ from models.interning import MISSING, Interner
 log = logging.getLogger("featsieve.decode")
 
 _IMP, _CLICK, _LABELED = 0, 1, 2
+KIND_CLICK = _CLICK  # WireBatch.kinds of a click (the only events without a row)
 ROW_DTYPE = np.dtype("<u8")
 
 

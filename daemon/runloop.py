@@ -36,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from connectors.codec import Limits
 from connectors.dead_letters import DeadLetterQueue, DeadLettersUndelivered
 from connectors.decode_worker import (
+    KIND_CLICK,
     ROW_DTYPE,
     DecodeWorker,
     DecodeWorkerError,
@@ -829,7 +830,9 @@ class Daemon:
                 if ev.features is not None:
                     self._earn_columns(shard, ev, by_event.get(i, ()), first_event + i + 1, waiting)
 
-            watch: Any = range(len(events)) if waiting else by_event
+            watch: Any = by_event
+            if waiting:
+                watch = set(by_event) | _holding(events, wire, waiting)
             result = shard.join.process(events, source, accepted, watch)
         else:
             result = shard.join.process(events, source)
@@ -1233,6 +1236,20 @@ class Daemon:
                 closer.close()
             except KafkaError as exc:
                 log.warning("close: %s", exc)
+
+
+def _holding(events: list[Any], wire: WireBatch | None, cols: list[int]) -> set[int]:
+    """Indices of the events whose rows hold a value in one of ``cols`` (found a batch at a time
+    from the wire rows, so a column one shard never admits costs no per-event call)."""
+    if wire is None or not wire.rows or wire.width == 0:
+        return {i for i, ev in enumerate(events) if ev.features is not None}
+    with_rows = np.flatnonzero(np.frombuffer(wire.kinds, np.uint8) != KIND_CLICK)
+    matrix = np.frombuffer(wire.rows, ROW_DTYPE).reshape(len(with_rows), wire.width)
+    inside = [c for c in cols if c < wire.width]
+    if not inside:
+        return set()
+    hit = (matrix[:, inside] != MISSING).any(axis=1)
+    return set(with_rows[hit].tolist())
 
 
 def _progress(shard: ShardState) -> int:

@@ -298,3 +298,20 @@ def test_a_field_not_seen_for_a_while_loses_its_column_as_if_never_seen(tmp_path
 
     assert state(loop) == state(worker) == state(never)
     assert pending_rows(loop) == pending_rows(worker)
+
+
+def test_only_events_holding_a_waiting_column_are_looked_at() -> None:
+    """A column another shard earned and this one never sees costs no per-event call here."""
+    from connectors.codec import DEFAULT_LIMITS
+    from connectors.decode_worker import decode_wire, from_wire
+    from daemon.runloop import _holding
+    from models.interning import Interner
+
+    it = Interner(admit_new=False)
+    it.admit(["a", "rare"])
+    evs = [Impression("x", 1, {"a": 1}), Click("x", 2), Impression("y", 3, {"a": 2, "rare": 5}),
+           Impression("z", 4, {"a": 3})]
+    wire = decode_wire([encode(e) for e in evs], DEFAULT_LIMITS, it)
+    events, _ = from_wire(wire)
+    assert _holding(events, wire, [it.column("rare")]) == {2}  # type: ignore[list-item]
+    assert _holding(events, wire, [7]) == set()
