@@ -315,3 +315,11 @@ def test_only_events_holding_a_waiting_column_are_looked_at() -> None:
     events, _ = from_wire(wire)
     assert _holding(events, wire, [it.column("rare")]) == {2}  # type: ignore[list-item]
     assert _holding(events, wire, [7]) == set()
+
+
+def test_names_past_max_fields_are_untracked_until_a_column_is_free(tmp_path: Path) -> None:
+    daemon = run(tmp_path, "full", stream(n=1500), max_fields=5)
+    fields = daemon.interner.fields
+    assert len(fields) == 5 and daemon.interner.untracked_fields > 0
+    assert daemon.shards[0].admitted == set(fields)  # the names refused a column are not "admitted"
+    assert set(daemon.global_mi().field_names()) == set(fields)
