@@ -122,3 +122,20 @@ def test_pending_impressions_are_bounded_in_bytes() -> None:
     assert len(wide.examples) == 5 and join.pending_bytes <= join.max_pending_bytes
     again = JoinBuffer.restore(join.snapshot())
     assert again.pending_bytes == join.pending_bytes
+
+
+def test_state_this_build_cannot_restore_is_refused_not_dropped(tmp_path: Path) -> None:
+    d = daemon_with_state(tmp_path)
+    state = d.state_snapshot()
+    state["interner"] = {**state["interner"], "hash": "blake2b-8"}  # another value hash
+    d.store.write(state)
+    with pytest.raises(StateRefused, match="cannot be restored by this build .*value hash.*--reset-state"):
+        restart(tmp_path)
+
+
+def test_changed_gate_settings_start_the_gate_model_afresh(tmp_path: Path) -> None:
+    d = daemon_with_state(tmp_path)
+    d.store.write(d.state_snapshot(gates={"format": 2}))  # a gate snapshot (its content is not read here)
+    assert restart(tmp_path)._restored_gates == {"format": 2}
+    assert restart(tmp_path, gate_window=5000)._restored_gates is None
+    assert restart(tmp_path, seed=3)._restored_gates is None
