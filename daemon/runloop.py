@@ -277,7 +277,10 @@ class Daemon:
         for shard in self.shards.values():
             shard.join.reconfigure(max_pending=s.max_pending_impressions, max_future_ms=int(s.max_future_s * 1000),
                                    max_pending_bytes=s.max_pending_bytes)
-            shard.mi.config = dataclasses.replace(shard.mi.config, blocks=s.mi_blocks, pairs_top_n=s.pairs_top_n)
+            now = self.mi_config
+            shard.mi.config = dataclasses.replace(
+                shard.mi.config, blocks=now.blocks, pairs_top_n=now.pairs_top_n, max_pairs=now.max_pairs,
+                pair_budget=now.pair_budget, pair_keep_z=now.pair_keep_z)
         self.interner.max_fields = s.max_fields
         for name in changed:
             log.warning("setting %s changed since the snapshot (%r -> %r): applied to the restored state",

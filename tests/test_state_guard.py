@@ -93,10 +93,11 @@ def test_a_changed_setting_that_cannot_apply_stops_start_up_naming_it(tmp_path: 
 def test_changed_settings_that_can_apply_do(tmp_path: Path) -> None:
     daemon_with_state(tmp_path)
     d = restart(tmp_path, max_pending_impressions=1000, max_future_s=10.0, mi_blocks=3, pairs_top_n=2,
-                max_fields=300, max_pending_bytes=1 << 20)
+                max_fields=300, max_pending_bytes=1 << 20, max_pairs=10, pair_min_z=3.0)
     join = d.shards[0].join
     assert (join.max_pending, join.max_future_ms, join.max_pending_bytes) == (1000, 10_000, 1 << 20)
-    assert (d.shards[0].mi.config.blocks, d.shards[0].mi.config.pairs_top_n) == (3, 2)
+    config = d.shards[0].mi.config
+    assert (config.blocks, config.pairs_top_n, config.max_pairs, config.pair_keep_z) == (3, 2, 10, 3.0)
     assert d.interner.max_fields == 300
 
 
