@@ -148,6 +148,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("lateness_s", "float", 60.0, "allowed event-time disorder before the watermark passes an event", minimum=0, maximum=86400),
     S("max_future_s", "float", 3600.0, "events more than this far ahead of the watermark are dead-lettered", minimum=1),
     S("max_pending_impressions", "int", 2_000_000, "bound of the join buffer (oldest emitted early as negatives)", minimum=1000),
+    S("max_pending_bytes", "int", 1 << 30, "bound of the join buffer in bytes per shard: the waiting impressions' rows plus a fixed cost each (oldest emitted early as negatives; docs/internals.md)", minimum=1 << 16),
     S("checkpoint_interval_s", "float", 30.0, "wall-clock seconds between checkpoints", minimum=0.1),
     S("checkpoint_interval_events", "int", 500_000, "input events between checkpoints", minimum=1),
     S("keep_snapshots", "int", 3, "checkpoints kept on disk (older ones pruned)", minimum=2, maximum=100),
@@ -176,6 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_pairs", "int", 96, "pairs counted at once online: the top fields' pairs, found interactions, and a slice of all pairs rotating by MI block (docs/estimator.md)", minimum=0, maximum=4096),
     S("pair_budget", "int", 2016, "offline (score --pairs, evaluate): score every pair while there are at most this many (2016: 64 fields)", minimum=0, maximum=1 << 20),
     S("max_fields", "int", 256, "distinct fields tracked (more are counted and ignored)", minimum=1, maximum=4096),
+    S("field_admit_min_events", "int", 20, "accepted events a field name must be seen in before it gets a column (rarer names are counted, never tracked; docs/internals.md)", minimum=1, maximum=1_000_000),
+    S("field_reclaim_events", "int", 1_000_000, "a tracked field seen in fewer than field_admit_min_events of the last this many accepted events loses its column, evidence and gate state (0: never)", minimum=0),
     # policy
     S("policy_mode", "choice", "budget", "budget: drop fields only while what they are worth, with confidence, fits drop_budget; mi, gates, both, either: threshold votes (docs/policy.md)", choices=("budget", "mi", "gates", "both", "either")),
     S("drop_budget", "float", 0.001, "mode budget: AUC points the dropped fields together may cost, with confidence drop_confidence_z (docs/policy.md)", minimum=0, maximum=1),

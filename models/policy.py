@@ -239,6 +239,12 @@ class MaskPolicy:
         """The decision held for every field ever seen, in name order."""
         return dict(sorted(self._keep.items()))
 
+    def forget(self, name: str) -> None:
+        """Drop a field's held decision and history (its column was reclaimed): if it comes back it
+        starts as a field never seen."""
+        self._keep.pop(name, None)
+        self._history.pop(name, None)
+
     def history(self, name: str) -> tuple[HistoryEntry, ...]:
         """Recent decision changes of ``name`` (oldest first), at most ``history_len``."""
         return tuple(self._history.get(name, ()))
