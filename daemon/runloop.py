@@ -188,8 +188,11 @@ class Daemon:
         self.group_mode = settings.coordination == "group"
         self.coordinator: Any = None  # daemon.cluster.Coordinator in group mode
         self._fenced_in = 0  # the election generation in which we were last fenced
+        self.last_mask_publish_wall: float | None = None  # this instance's last publish, writer or not now
+        self.metrics.set_instance(model=settings.model_id, group=settings.group_id, coordination=settings.coordination)
         self.metrics.attach(
-            LiveGauges(self._lag, self._join_size, lambda: self.last_checkpoint_wall, self._mask_time)
+            LiveGauges(self._lag, self._join_size, lambda: self.last_checkpoint_wall, self._mask_time,
+                       group=settings.group_id, mask_publish_timestamp=lambda: self.last_mask_publish_wall)
         )
 
     # ------------------------------------------------------------------ state
@@ -1104,6 +1107,7 @@ class Daemon:
                 log.error("mask publish failed: %s; will retry at the next update", exc)
                 return
             self.masks.published(msg)
+            self.last_mask_publish_wall = self.publisher.last_publish_time
             if self.coordinator is not None:
                 self.coordinator.publish_policy(self.masks.snapshot(), msg.epoch, msg.version, msg.incarnation)
             self.metrics.mask_publishes.labels(trigger).inc()
