@@ -84,6 +84,7 @@ CONNECT_TIMEOUT_MS = 10_000  # per connection attempt at start-up (then backoff)
 COMMIT_TIMEOUT_MS = 5_000  # offsets are in the snapshot already; the group commit is advisory
 TOPIC_WAIT_S = 5.0  # at start-up, how long to wait for the input topics' metadata before subscribing
 INPUT_METADATA_MAX_AGE_MS = 30_000
+GATE_DRAIN_TIMEOUT_S = 600.0  # --exit-at-end: how long the gate model may take to train its queue
 # allocations between young-generation collections, and the older generations' (CPython: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 100)
 
@@ -401,6 +402,7 @@ class Daemon:
             self.publisher.version if self.publisher else 0,
         )
         started = self.clock()
+        reached_end = False
         try:
             while not self._stop:
                 if self.coordinator is not None:
@@ -423,9 +425,12 @@ class Daemon:
                 if self.duration_s is not None and now - started >= self.duration_s:
                     break
                 if self.exit_at_end and self._reached_end() and self._election_settled(now):
+                    reached_end = True
                     break
             with self.state_lock:
                 self._settle_in_flight()
+            if reached_end:
+                self._drain_gates()
         except WriterFencedError as exc:
             log.error("%s; stopping without publishing", exc)
             self._close()
@@ -692,6 +697,21 @@ class Daemon:
         ).start(self._restored_gates)
         if self.trainer.error is not None:
             raise RuntimeError("gate model failed to start") from self.trainer.error
+
+    def _drain_gates(self) -> None:
+        """At the end of a replay (``--exit-at-end``), let the gate model train what it has queued.
+
+        The gate worker trails the poll loop by up to ``gate_queue_batches`` batches; without this
+        the final mask carried the gate report of an earlier point of the stream, or none at all
+        (the demo's ~114k examples ended with every gate '-' on a busy machine)."""
+        if self.trainer is None:
+            return
+        queued = self.trainer.offered - self.trainer.skipped - self.trainer.trained
+        log.info("end of the input: the gate model trains its %d queued examples before the final mask", queued)
+        try:
+            self.trainer.call(lambda model: None, timeout=GATE_DRAIN_TIMEOUT_S)
+        except (TimeoutError, RuntimeError) as exc:
+            log.warning("the gate model did not finish its queue (%s); the final mask has its last report", exc)
 
     def _poll_once(self) -> None:
         polled_at = time.perf_counter()
