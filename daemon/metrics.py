@@ -103,7 +103,7 @@ class DaemonMetrics:
         self.build_info.labels(featsieve_version()).set(1)
         self.instance_info = Gauge(
             "featsieve_instance_info",
-            "Always 1; the model id, consumer group and coordination mode of this instance (see set_instance)",
+            "Always 1; the model id, consumer group and coordination mode of this instance",
             ["model", "group", "coordination"],
             registry=r,
         )

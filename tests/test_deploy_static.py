@@ -311,6 +311,12 @@ def test_dashboard_covers_every_metric() -> None:
     assert not set(NOT_ON_DASHBOARD) & _dashboard_families(), "listed as not on the dashboard, but it is"
 
 
+def test_every_metric_is_documented() -> None:
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    undocumented = {f for f in _families(_registry_exposition()) if f"`{f}`" not in doc}
+    assert not undocumented, f"docs/metrics.md does not describe {sorted(undocumented)}"
+
+
 def test_alerts_use_only_known_metrics() -> None:
     rules = [r for g in _load_yaml(ALERTS)["groups"] for r in g["rules"]]
     names = {r["alert"] for r in rules}
