@@ -440,7 +440,7 @@ ALERT_TESTS: dict[str, dict[str, Any]] = {
     "FeatsieveKafkaErrors": {
         "input_series": [
             # a: an error every minute; b: one burst (a broker restart), then nothing
-            _series("featsieve_kafka_errors_total", "0+1x40", instance="a", error="KafkaConnectionError"),
+            _series("featsieve_kafka_errors_total", "0+1x40", instance="a", error="KafkaTimeoutError"),
             _series("featsieve_kafka_errors_total", "0x3 5x36", instance="b", error="Disconnected"),
         ],
         "alert_rule_test": [_fires("25m", "FeatsieveKafkaErrors", _on("a")), _fires("8m", "FeatsieveKafkaErrors")],
