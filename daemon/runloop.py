@@ -17,6 +17,7 @@ import dataclasses
 import gc
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -710,7 +711,7 @@ class Daemon:
         log.info("end of the input: the gate model trains its %d queued examples before the final mask", queued)
         try:
             self.trainer.call(lambda model: None, timeout=GATE_DRAIN_TIMEOUT_S)
-        except (TimeoutError, RuntimeError) as exc:
+        except (TimeoutError, queue.Full, RuntimeError) as exc:
             log.warning("the gate model did not finish its queue (%s); the final mask has its last report", exc)
 
     def _poll_once(self) -> None:
