@@ -11,7 +11,9 @@ of evidence, which the demo's test reads:
   policy_mode "mi"; the exit status is 1 when one of them differs from the truth.
 * gates: the field gates of the last completed gate window (``gate_open`` at or above
   ``--gate-enter``, 0.5 by default, is open); "no window completed" when the stream was shorter than
-  ``gate_window``. Not part of the exit status: a young gate model's first windows are unreliable.
+  ``gate_window``; and, where the mask records it, whether the gates earned a vote in the policy
+  (``policy.gate_evidence``). Not part of the exit status: a young gate model's first windows are
+  unreliable.
 * closed values: the values the value gates closed, per kept field (low-cardinality fields only).
 """
 
@@ -31,17 +33,25 @@ def evidence_lines(mask: dict[str, Any], truth: dict[str, Any], gate_enter: floa
     dropped = sum(1 for n in noise if n in fields and not fields[n]["keep"])
     lines = [f"MI: {kept}/{len(informative)} kept, {dropped}/{len(noise)} dropped"
              f" (mask version {mask['version']}, epoch {mask['epoch']})"]
+    # how much say the policy gave the gates (masks of writers that record it: none, weak or strong)
+    strength = (mask.get("policy") or {}).get("gate_evidence")
     gated = [n for n in informative + noise if fields.get(n, {}).get("gate_open") is not None]
     if gated:
         opened = sum(1 for n in informative if n in gated and fields[n]["gate_open"] >= gate_enter)
         closed = sum(1 for n in noise if n in gated and fields[n]["gate_open"] < gate_enter)
+        vote = f"; gate evidence {strength}" + ("" if strength == "strong" else ": no vote in the mask") \
+            if strength else ""
         lines.append(f"gates: {opened}/{len(informative)} informative open, {closed}/{len(noise)} noise closed"
-                     " (last gate window)")
+                     f" (last gate window{vote})")
     else:
         lines.append("gates: no window completed (the stream is shorter than gate_window)")
     closed_values = [(n, f["closed_values"]) for n, f in sorted(fields.items()) if f.get("keep") and f.get("closed_values")]
-    lines.append("closed values: " + ("; ".join(f"{n} [{', '.join(map(str, v))}]" for n, v in closed_values)
-                                      if closed_values else "none"))
+    if closed_values:
+        lines.append("closed values: " + "; ".join(f"{n} [{', '.join(map(str, v))}]" for n, v in closed_values))
+    elif gated and strength and strength != "strong":
+        lines.append("closed values: none (published only once the gates have earned a vote, docs/policy.md)")
+    else:
+        lines.append("closed values: none")
     return lines
 
 
