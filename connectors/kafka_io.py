@@ -233,7 +233,14 @@ def _read_available(transport: Any) -> tuple[bytes, Exception | None]:
     """Everything the transport's socket has now, in reads of up to :data:`RECV_BYTES`; the
     error, if any, as kafka-python's own reader reports it (the connection is then closed)."""
     chunks: list[bytes] = []
-    recv = transport._sock.recv
+    sock = transport._sock
+    if sock is None:
+        # the client closed the transport while this read was scheduled (closing a consumer or a
+        # producer does): nothing to read, and the library's abort of a closed transport is a
+        # no-op. Reading None.recv raised in kafka-python's task loop, which logged
+        # 'ERROR kafka.net.selector: Unhandled exception in task' with a traceback.
+        return b"", KafkaConnectionError("socket closed")
+    recv = sock.recv
     while True:
         try:
             data = recv(RECV_BYTES)
