@@ -444,7 +444,8 @@ class Daemon:
             self._close()
             return 1
         with self.state_lock:
-            self.update_mask(force=True)
+            # with gates, the drain above brought their evidence up to the end: publish it
+            self.update_mask(force=True, end_of_input=reached_end and self.trainer is not None)
             size = self.checkpoint(reason="shutdown")
         log.info(
             "featsieve stopped: events=%d state_bytes=%d offsets=%s mask_version=%d",
@@ -1100,7 +1101,11 @@ class Daemon:
         marks = [s.join.watermark_ms for s in shards if s.join.watermark_ms is not None]
         return int(min(marks)) if marks else 0
 
-    def update_mask(self, force: bool = False) -> None:
+    def update_mask(self, force: bool = False, end_of_input: bool = False) -> None:
+        """Build the mask; publish it when it changed, a heartbeat is due, or (``force``) nothing
+        was published yet. ``end_of_input`` (``--exit-at-end`` reached the end, gates on) publishes
+        it whatever: the last mask of a replay then carries the gate evidence of the whole input
+        (the demo read back a mask published mid-stream, before any gate window had completed)."""
         self.last_mask_mono = self.clock()
         if self.publisher is None:
             return  # group mode, and another instance is the writer
@@ -1113,7 +1118,7 @@ class Daemon:
             return  # no evidence yet: an empty mask would tell subscribers nothing
         last = self.publisher.last_publish_time
         heartbeat_due = last is None or time.time() - last >= self.s.heartbeat_interval_s
-        if changed or heartbeat_due or force and self.publisher.last_published is None:
+        if changed or heartbeat_due or end_of_input or force and self.publisher.last_published is None:
             trigger = "change" if changed else "heartbeat"
             try:
                 self.publisher.publish(msg)
