@@ -40,6 +40,7 @@ KNOWN_LABELS: Mapping[str, tuple[tuple[str, ...], ...]] = {
     "dead_letters": tuple((r,) for r in sorted(REASONS | {REJECT_REASON})),
     "mask_publishes": (("change",), ("heartbeat",)),
     "rebalances": (("assigned",), ("revoked",)),
+    "field_columns": (("admitted",), ("reclaimed",)),
     # the class name of any KafkaError is a label value too; these two are what the brokers going
     # away gives (the connection watch; a connect attempt that times out), which the Kafka-errors
     # alert should see from the first one

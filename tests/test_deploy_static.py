@@ -43,6 +43,8 @@ NOT_ON_DASHBOARD: dict[str, str] = {
     "featsieve_checkpoints_total": "the same count as featsieve_checkpoint_duration_seconds_count",
     "featsieve_duplicate_clicks_total": "the same count as featsieve_events_total{type=\"click\",outcome=\"duplicate\"}, "
     "on the Events/s panel",
+    "featsieve_field_columns_total": "column admissions and reclaims (docs/internals.md) are rare events; the "
+    "Untracked fields stat shows when max_fields is what limits them",
     "featsieve_field_keep": "per field, 0/1: `featsieve masks --get/--follow` shows it with the reason; the "
     "dashboard shows the counts (featsieve_fields)",
 }
