@@ -222,3 +222,19 @@ def listening_addresses(port: int) -> set[str]:
             words = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
             found.add(str(ipaddress.ip_address(words)))
     return found
+
+
+def describe_group(bootstrap: str, group: str) -> tuple[str, list[list[tuple[str, int]]]]:
+    """(state, [each member's assigned (topic, partition)s]) of a consumer group, as the broker sees it."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        desc = admin.describe_groups([group])[group]
+    finally:
+        admin.close()
+    members = [
+        [(a["topic"], p) for a in (m.get("member_assignment") or {}).get("assigned_partitions", []) for p in a["partitions"]]
+        for m in desc.get("members") or []
+    ]
+    return str(desc.get("group_state")), members
