@@ -22,7 +22,7 @@ from connectors.kafka_io import KafkaEndpoint, make_admin, make_producer
 from connectors.state_store import SnapshotStore
 from connectors.subscriber import MaskSubscriber
 from connectors.synthetic import GeneratorConfig, generate
-from tests.conftest import BIN, ROOT, http_get, kcat_read
+from tests.conftest import BIN, ROOT, http_get, kcat_read, metric_samples, wait_until
 from tests.private_broker import PrivateBroker, free_ports
 from tests.test_crash import assert_same, final_state, last_mask
 
@@ -149,7 +149,12 @@ def test_broker_restart_mid_stream_gives_the_uninterrupted_state(broker: Private
             time.sleep(0.3)
             ready = http(port, "/readyz")
         assert ready[0] == 503 and "not connected to Kafka" in ready[1], ready
-        time.sleep(3)  # a few checkpoint and mask intervals without a broker
+        # a few checkpoint and mask intervals without a broker
+        def checkpoints() -> float:
+            return sum(metric_samples(http(port, "/metrics")[1], "featsieve_checkpoints_total").values())
+
+        before = checkpoints()
+        wait_until(lambda: checkpoints() >= before + 3, 60, "three checkpoints while the broker is down")
         assert proc.poll() is None, "the daemon exited while the broker was down"
         assert http(port, "/readyz")[0] == 503
         broker.up()
@@ -234,12 +239,14 @@ def test_unavailable_dlq_holds_consumption_and_loses_nothing(broker: PrivateBrok
             code, body = http(port, "/readyz")
             held = code == 503 and "dead-letter topic" in body
         assert held, (code, body)
-        time.sleep(3)
-        _, metrics = http(port, "/metrics")
         # consumption stopped at the bad record: the impressions after it are not read
-        lag = [line for line in metrics.splitlines()
-               if line.startswith("featsieve_consumer_lag_records") and f'topic="{unique}.impressions"' in line]
-        assert lag and float(lag[0].rsplit(" ", 1)[1]) > 0, lag
+        def impressions_lag() -> list[float]:
+            samples = metric_samples(http(port, "/metrics")[1], "featsieve_consumer_lag_records")
+            return [v for labels, v in samples.items() if ("topic", f"{unique}.impressions") in labels]
+
+        lag = wait_until(impressions_lag, 30, "the impressions' lag to be reported")
+        assert lag[0] > 0, lag
+        assert http(port, "/readyz")[0] == 503
         assert kcat_read(broker.bootstrap, dlq, fmt="%o\n") == []
         # the operator fixes the topic; the letter goes through, consumption resumes, nothing lost
         admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, dlq, configs={"max.message.bytes": "1048588"})])

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, ROOT, featsieve, free_port, http_get
+from tests.conftest import BIN, ROOT, featsieve, free_port, http_get, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -89,7 +89,13 @@ def test_prometheus_scrapes_the_daemon(bootstrap: str, unique: str, tmp_path: Pa
         code, body = http_get(f"http://127.0.0.1:{metrics_port}/readyz")
         assert code == 200, body
         # the dashboard's own queries, asked of this Prometheus and drawn (scripts/render_dashboard.py)
-        time.sleep(4)  # a few more scrapes, so rate() over the dashboard's interval has two points
+        # a few more scrapes, so rate() over the dashboard's interval has two points
+        def scrapes() -> float:
+            got = query(prom_port, 'count_over_time(up{job="featsieve"}[1h])')
+            return float(got[0]["value"][1]) if got else 0.0
+
+        done = scrapes()
+        wait_until(lambda: scrapes() >= done + 4, 60, "four more scrapes")
         render = _load_script("render_dashboard")
         png = tmp_path / "dashboard.png"
         empty = render.render(f"http://127.0.0.1:{prom_port}", 2.0, png, "10s", allow_empty=True)
