@@ -7,15 +7,17 @@ that number is ``n``) the action runs:
 * ``kill`` (the default): the process ends at once with exit status 137, as SIGKILL would end it
   (no handler, no flush, no checkpoint); a file handed in is flushed first, so a test can leave
   a half-written file behind;
-* ``pause``: the step blocks until its caller's stop condition holds (the daemon's: a SIGTERM),
-  so that a test can look at the process standing in that state (its /readyz, its metrics).
+* ``pause``: the step blocks until its caller's stop condition holds (the daemon's: a SIGTERM)
+  or the file named by ``FEATSIEVE_FAILPOINT_RESUME`` exists, so that a test can look at the
+  process standing in that state (its /readyz, its metrics) and then let it go on.
 
 Steps (the contract tests rely on):
 
 * ``snapshot_write``: inside a snapshot write, half the payload on disk; ``n`` is the snapshot's
   sequence number (connectors/state_store.py);
 * ``poll``: after the n-th poll that returned records, once they are applied (daemon/runloop.py);
-* ``writer_fenced``: the single writer found itself fenced, before it closes and exits 3.
+* ``writer_fenced``: the single writer found itself fenced, before it closes and exits 3;
+* ``gate_learn``: the gate trainer thread, before it trains its n-th batch (daemon/gate_worker.py).
 
 Unset, every step is one dictionary lookup. Never set it in production.
 """
@@ -31,6 +33,7 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 ENV = "FEATSIEVE_FAILPOINT"
+RESUME_ENV = "FEATSIEVE_FAILPOINT_RESUME"
 ACTIONS = ("kill", "pause")
 _hits: dict[str, int] = {}
 
@@ -69,6 +72,7 @@ def hit(step: str, number: int | None = None, *, flush: IO[Any] | None = None,
         if flush is not None:
             flush.flush()
         os._exit(137)
-    log.warning("failpoint %s:%d: paused until stopped", step, number)
-    while not until():
+    resume = os.environ.get(RESUME_ENV)
+    log.warning("failpoint %s:%d: paused until stopped%s", step, number, f" or {resume} exists" if resume else "")
+    while not until() and not (resume and os.path.exists(resume)):
         time.sleep(0.05)

@@ -40,3 +40,17 @@ def test_pause_holds_until_the_stop_condition(monkeypatch: pytest.MonkeyPatch) -
     t.join(10)
     assert not t.is_alive()
     failpoints.hit("unit_pause", until=lambda: False)  # the second hit passes straight through
+
+
+def test_pause_also_ends_when_the_resume_file_appears(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    resume = tmp_path / "go"
+    monkeypatch.setenv("FEATSIEVE_FAILPOINT", "unit_resume:1=pause")
+    monkeypatch.setenv("FEATSIEVE_FAILPOINT_RESUME", str(resume))
+    monkeypatch.setattr(failpoints, "_hits", {})
+    t = threading.Thread(target=failpoints.hit, args=("unit_resume",))
+    t.start()
+    t.join(0.5)
+    assert t.is_alive()
+    resume.touch()
+    t.join(10)
+    assert not t.is_alive()

@@ -102,10 +102,15 @@ def readyz(proc: subprocess.Popen, port: int, log: Path, code: int, reason: str,
         return body if got == code and re.fullmatch(reason, body.strip()) else None
 
     try:
-        return wait_until(answer, timeout, f"/readyz {code} {reason!r}")
+        body = wait_until(answer, timeout, f"/readyz {code} {reason!r}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; now {http_get(f'http://127.0.0.1:{port}/readyz')}\n"
                              f"{log.read_text()[-3000:]}") from None
+    # featsieve_ready, which the FeatsieveNotReady alert watches, says the same
+    wanted = 1.0 if code == 200 else 0.0
+    wait_until(lambda: metric_samples(http_get(f"http://127.0.0.1:{port}/metrics")[1], "featsieve_ready")[()] == wanted,
+               30, f"featsieve_ready {wanted} ({body.strip()})")
+    return body
 
 
 def stop(proc: subprocess.Popen) -> int:
