@@ -153,6 +153,12 @@ def wait_until(cond: Callable[[], T], timeout: float, what: str, interval: float
         time.sleep(interval)  # polling inside the wait helper, not synchronisation by sleeping
 
 
+def scrape(port: int) -> str:
+    """The daemon's /metrics text; empty while nothing answers there (yet)."""
+    code, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    return text if code == 200 else ""
+
+
 def metric_samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     """The samples of one metric in a /metrics text: sorted label pairs -> value (HELP lines ignored)."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -16,7 +16,17 @@ from connectors.codec import EventError, Impression, Limits, decode, encode
 from connectors.kafka_io import KafkaEndpoint, make_producer
 from connectors.state_store import SnapshotStore
 from connectors.synthetic import GeneratorConfig, generate
-from tests.conftest import BIN, ROOT, free_port, http_get, kcat_read, read_records
+from tests.conftest import (
+    BIN,
+    ROOT,
+    free_port,
+    http_get,
+    kcat_read,
+    metric_samples,
+    read_records,
+    scrape,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -199,20 +209,13 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_count_once(
         text=True,
     )
     try:
-        deadline = time.time() + 120
-        ready = (0, "")
-        while time.time() < deadline:
-            time.sleep(0.5)
+        def caught_up() -> bool:
             assert daemon.poll() is None, "the daemon stopped on bad input"
-            ready = http_get(f"http://127.0.0.1:{port}/readyz")
-            code, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
-            if (
-                ready[0] == 200
-                and f'featsieve_consumer_lag_records{{partition="0",topic="{topic}"}} 0.0'
-                in metrics
-            ):
-                break
-        assert ready[0] == 200, ready
+            lag = metric_samples(scrape(port), "featsieve_consumer_lag_records")
+            return (http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+                    and lag.get((("partition", "0"), ("topic", topic))) == 0.0)
+
+        wait_until(caught_up, 120, "/readyz 200 and no lag", interval=0.5)
     finally:
         daemon.terminate()
         _, err = daemon.communicate(timeout=60)

@@ -24,6 +24,7 @@ from connectors.decode_worker import (
 )
 from connectors.synthetic import GeneratorConfig, generate
 from models.interning import MISSING, Interner
+from tests.conftest import wait_until
 
 BAD = [
     b"not json",
@@ -183,7 +184,6 @@ def test_a_dead_worker_is_reported() -> None:
 def test_the_worker_does_not_outlive_a_killed_daemon() -> None:
     import subprocess
     import sys
-    import time
 
     parent = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
@@ -192,21 +192,24 @@ def test_the_worker_does_not_outlive_a_killed_daemon() -> None:
          "from models.interning import Interner\n"
          "w = DecodeWorker(DEFAULT_LIMITS, Interner())\n"
          "print(w.pid, flush=True)\n"
-         "time.sleep(60)\n"],
+         "time.sleep(60)\n"],  # a daemon stand-in that lives until the test kills it
         stdout=subprocess.PIPE, text=True)
     try:
         pid = int(parent.stdout.readline())  # type: ignore[union-attr]
         parent.kill()
         parent.wait(10)
-        deadline = time.time() + 20
-        while time.time() < deadline:
+        def gone() -> bool:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                return
-            time.sleep(0.1)
-        os.kill(pid, signal.SIGKILL)
-        raise AssertionError("the decode worker outlived its daemon")
+                return True
+            return False
+
+        try:
+            wait_until(gone, 20, "the decode worker to end with its daemon")
+        except AssertionError:
+            os.kill(pid, signal.SIGKILL)
+            raise
     finally:
         if parent.poll() is None:
             parent.kill()

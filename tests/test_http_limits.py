@@ -119,7 +119,8 @@ def test_a_slow_client_is_cut_off_and_does_not_block_others(server: HealthServer
 def test_connections_beyond_the_bound_are_refused_not_queued(server: HealthServer) -> None:
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(health.MAX_CONNECTIONS)]
     try:
-        time.sleep(0.3)
+        # every slot taken: the server has accepted each held connection
+        wait_until(lambda: server._server._slots._value == 0, 30, "the server to hold every slot")
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
         try:
@@ -131,9 +132,6 @@ def test_connections_beyond_the_bound_are_refused_not_queued(server: HealthServe
     finally:
         for s in held:
             s.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # slots come back once the holders go
-        if raw(server.port, b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200"):
-            return
-        time.sleep(0.2)
-    raise AssertionError("slots were not released")
+    # slots come back once the holders go
+    wait_until(lambda: raw(server.port, b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200"), 10,
+               "the slots to be released")
