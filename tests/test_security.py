@@ -92,13 +92,11 @@ def test_daemon_generate_masks_and_subscriber_work_over_sasl_ssl(broker: Private
     proc = subprocess.Popen(run_args(unique, tmp_path / "state", port), cwd=ROOT, env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        ready = (0, "")
-        while time.monotonic() < deadline and ready[0] != 200:
+        def ready() -> bool:
             assert proc.poll() is None, "the daemon exited"
-            time.sleep(0.5)
-            ready = http(port, "/readyz")
-        assert ready[0] == 200, ready
+            return http(port, "/readyz")[0] == 200
+
+        wait_until(ready, 90, "/readyz 200 over SASL_SSL", interval=0.5)
 
         def dead_letters_counted() -> float:
             return sum(metric_samples(http(port, "/metrics")[1], "featsieve_dead_letters_total").values())
