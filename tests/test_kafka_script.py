@@ -13,13 +13,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.private_broker import port_is_free
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,9 +172,7 @@ def test_restart_after_a_hard_kill_keeps_the_data(kafka: KafkaScript) -> None:
 
     pid = kafka.pid()
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while (_alive(pid) or _listening(kafka.port)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not _alive(pid) and not _listening(kafka.port), 30, "the killed broker to be gone")
     assert kafka("status").returncode == 1
 
     up = kafka("up")
