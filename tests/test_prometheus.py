@@ -6,7 +6,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -65,10 +64,10 @@ def test_prometheus_scrapes_the_daemon(bootstrap: str, unique: str, tmp_path: Pa
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 120
         version = events = lag = up = ready = []
-        while time.time() < deadline:
-            time.sleep(1)
+
+        def scraped() -> bool:
+            nonlocal version, events, lag, up, ready
             try:
                 up = query(prom_port, 'up{job="featsieve"}')
                 version = query(prom_port, "featsieve_mask_version")
@@ -76,10 +75,14 @@ def test_prometheus_scrapes_the_daemon(bootstrap: str, unique: str, tmp_path: Pa
                 lag = query(prom_port, "featsieve_consumer_lag_records")
                 ready = query(prom_port, "featsieve_ready")  # nothing calls /readyz before this
             except OSError:
-                continue
-            if (up and version and float(version[0]["value"][1]) >= 1 and events and lag
-                    and ready and ready[0]["value"][1] == "1"):
-                break
+                return False
+            return bool(up and version and float(version[0]["value"][1]) >= 1 and events
+                        and float(events[0]["value"][1]) >= 30000 and lag and ready and ready[0]["value"][1] == "1")
+
+        try:
+            wait_until(scraped, 120, "Prometheus to have scraped a ready daemon with a mask", interval=1)
+        except AssertionError:
+            pass  # the assertions below say what is missing
         assert up and up[0]["value"][1] == "1", up
         assert version and float(version[0]["value"][1]) >= 1, version
         assert events and float(events[0]["value"][1]) >= 30000, events
