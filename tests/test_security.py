@@ -67,7 +67,7 @@ def run_args(unique: str, state: Path, port: int) -> list[str]:
         str(BIN / "featsieve"), "run", "--input-topics", f"{unique}.impressions,{unique}.clicks",
         "--group-id", unique, "--model-id", unique, "--mask-topic", f"{unique}.masks",
         "--dlq-topic", f"{unique}.dlq", "--state-dir", str(state), "--metrics-port", str(port),
-        "--gates", "false", "--min-examples", "200", "--mask-interval-s", "0.5",
+        "--min-examples", "200", "--mask-interval-s", "0.5",  # gates on: the default configuration
     ]
 
 
