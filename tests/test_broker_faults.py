@@ -62,7 +62,7 @@ def daemon_args(bootstrap: str, prefix: str, name: str, state: Path, port: int) 
         "--input-topics", f"{prefix}.impressions,{prefix}.clicks",
         "--group-id", f"{prefix}-{name}", "--model-id", f"{prefix}-{name}",
         "--mask-topic", f"{prefix}.masks", "--dlq-topic", f"{prefix}.dlq-{name}",
-        "--state-dir", str(state), "--metrics-port", str(port), "--gates", "false",
+        "--state-dir", str(state), "--metrics-port", str(port),  # gates on: the default
         "--checkpoint-interval-s", "0.5", "--mask-interval-s", "0.5", "--max-poll-records", "500",
         "--attribution-window-s", "600", "--min-examples", "200",
         # no hysteresis band: the mask is then a function of the final evidence alone, so runs that
