@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml  # a dev dependency (pyproject.toml): missing, the checks fail rather than skip
 
 ROOT = Path(__file__).resolve().parent.parent
