@@ -313,3 +313,15 @@ def test_run_duration_is_honoured_while_connecting(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "within --duration 5 s" in proc.stderr and "Traceback" not in proc.stderr
     assert elapsed < 5 + 3 * MARGIN_S, elapsed  # run imports torch: a larger start-up
+
+
+def test_docs_name_every_flag_of_every_subcommand() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert f"## `featsieve {name}`" in doc, name
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert f"`{flag}" in doc or f"{flag}/" in doc or f"/{flag}" in doc, (name, flag)
