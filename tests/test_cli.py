@@ -77,6 +77,9 @@ BAD = [
     (["run", "--config", "{wrongtoml}"], "invalid setting gates"),
     (["run", "--config", "{dir}"], "--config"),
     (["run", "--min-z", "1", "--exit-z", "3"], "exit_z"),
+    (["run", "--state-dir", "{good}/x", "--bootstrap", UNREACHABLE, "--duration", "5"], "Not a directory"),
+    (["run", "--metrics-addr", "192.0.2.1", "--metrics-port", "9", "--bootstrap", UNREACHABLE, "--duration", "5"],
+     "cannot listen on 192.0.2.1:9"),
     # generate
     (["generate", "--impressions", "-5"], "--impressions"),
     (["generate", "--preset", "huge", "--output", "{dir}/x.jsonl"], "unknown preset"),
@@ -112,6 +115,7 @@ BAD = [
     (["bench"], "suite"),
     (["bench", "nosuite"], "invalid choice"),
     (["bench", "e2e", "--size", "huge"], "--size"),
+    (["bench", "e2e", "--size", "tiny", "--bootstrap", UNREACHABLE], "cannot use Kafka at 127.0.0.1:1"),
     # evaluate
     (["evaluate", "--input", "/nonexistent.csv", "--label", "clicked"], "no such input file"),
     (["evaluate", "--input", "{good}", "--label", "nope"], "label column 'nope'"),
@@ -325,3 +329,16 @@ def test_docs_name_every_flag_of_every_subcommand() -> None:
             for flag in action.option_strings:
                 if flag.startswith("--") and flag != "--help":
                     assert f"`{flag}" in doc or f"{flag}/" in doc or f"/{flag}" in doc, (name, flag)
+
+
+@pytest.mark.slow
+def test_evaluate_progress_has_totals_and_stdout_stays_empty(files: dict[str, Path], tmp_path: Path) -> None:
+    proc = featsieve("evaluate", "--input", str(files["good"]), "--label", "clicked", "--output-dir",
+                     str(tmp_path / "e"), "--ratios", "0.5,1", "--methods", "topk-mi", "--progress")
+    bars = proc.stderr.replace("\r", "\n")
+    assert re.search(r"read: 100%.*5,000 rows", bars), bars[-2000:]
+    assert re.search(r"evaluate: 100%.*5\.00k/5\.00k", bars), bars[-2000:]
+    assert proc.stdout == ""
+    quiet = featsieve("evaluate", "--input", str(files["good"]), "--label", "clicked", "--output-dir",
+                      str(tmp_path / "q"), "--ratios", "0.5,1", "--methods", "topk-mi")
+    assert "%" not in quiet.stderr  # a pipe, not a terminal: no bar (only the line naming the outputs)
