@@ -243,8 +243,11 @@ def encoded_batches(path: str, label: str | None, interner: Interner, batch_rows
 
 
 def _read_header(raw: Any, path: str, label: str) -> list[str] | None:
-    """The header row of a CSV opened in binary (None for an empty file); checks the label is in it."""
-    header = next(csv.reader([raw.readline().decode("utf-8")]), None)
+    """The header row of a CSV opened in binary; checks the label is in it (InputError for an empty first line)."""
+    first = raw.readline().decode("utf-8")
+    if not first.strip():
+        raise InputError(f"{path} has no header row (the first line is empty)")
+    header = next(csv.reader([first]), None)
     if header is not None and label not in header:
         raise InputError(f"label column {label!r} is not in {path}; columns: {', '.join(header)}")
     return header

@@ -8,7 +8,9 @@ stderr, ``featsieve <command>: <what is wrong>``, and exit code 2; never a trace
 from __future__ import annotations
 
 import argparse
+import gzip
 import sys
+import zlib
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
@@ -123,6 +125,8 @@ def user_error_message(exc: BaseException, args: argparse.Namespace,
     evaluate = sys.modules.get("daemon.evaluate")
     if evaluate is not None and isinstance(exc, evaluate.EvaluationError):
         return str(exc)
+    if isinstance(exc, EOFError | gzip.BadGzipFile | zlib.error) and getattr(args, "input", None):
+        return f"{args.input} is not a complete gzip file ({exc})"
     if isinstance(exc, UnicodeDecodeError):
         where = getattr(args, "input", None) or "the input"
         return f"{where} is not UTF-8 text (byte {exc.start}: {exc.reason})"

@@ -71,6 +71,9 @@ def score_command(args: argparse.Namespace, settings: Settings) -> int:
         workers=workers,
         fmt=args.input_format,
     )
+    if result["rows"] == 0:
+        raise UserError(f"{args.input} has no labelled example to score"
+                        + (f" (skipped: {result['skipped_rows']})" if result["skipped_rows"] else ""))
     skipped = result["skipped_rows"]
     if skipped:
         shown = ", ".join(f"{n:,} {reason}" for reason, n in sorted(skipped.items()))

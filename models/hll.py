@@ -46,10 +46,15 @@ def add(regs: np.ndarray, hashes: np.ndarray) -> None:
     index = (h >> np.uint64(q)).astype(np.intp)
     rest = h & np.uint64((1 << q) - 1)
     # rank = q - floor(log2(rest)) for rest > 0 (leading zeros + 1), q + 1 for rest == 0;
-    # rest < 2**53 converts to float64 exactly, so frexp's exponent is floor(log2) + 1
-    _, exp = np.frexp(rest.astype(np.float64))
-    rank = np.where(rest == 0, q + 1, q + 1 - exp).astype(np.uint8)
-    np.maximum.at(regs, index, rank)
+    # rest < 2**53 converts to float64 exactly, and a float64's biased exponent field is
+    # floor(log2) + 1023 (0 for 0.0, which gives q + 1024: clipped to q + 1)
+    biased = (rest.astype(np.float64).view(np.int64) >> 52).astype(np.int16)
+    rank = np.minimum(q + 1023 - biased, q + 1).astype(np.uint8)
+    # once the sketch has warmed up few hashes raise their register: update those only
+    # (ufunc.at is several times slower per element than the gather and compare)
+    up = rank > regs[index]
+    if up.any():
+        np.maximum.at(regs, index[up], rank[up])
 
 
 def merge(into: np.ndarray, other: np.ndarray) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import re
 import time
 from importlib import metadata
@@ -50,6 +51,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["binary"].write_bytes(bytes(range(256)) * 40)
     out["latin1"] = d / "latin1.csv"
     out["latin1"].write_bytes(b"a,clicked\n" + "é,1\n".encode("latin-1") * 10)
+    out["emptycsv"] = d / "empty.csv"
+    out["emptycsv"].write_text("")
+    out["headeronly"] = d / "header.csv"
+    out["headeronly"].write_text("a,clicked\n")
+    out["truncgz"] = d / "trunc.csv.gz"
+    out["truncgz"].write_bytes(gzip.compress(good.read_bytes())[:5000])
+    out["junkgz"] = d / "junk.csv.gz"
+    out["junkgz"].write_bytes(b"not gzip at all\n" * 100)
     out["notjson"] = d / "truth.json"
     out["notjson"].write_text("{not json")
     out["badtoml"] = d / "bad.toml"
@@ -99,6 +108,10 @@ BAD = [
     (["score", "--input", "{goodtxt}", "--input-format", "jsonl"], "no line of"),
     (["score", "--input", "{empty_jsonl}"], "no line of"),
     (["score", "--input", "{binary}", "--label", "clicked"], "cannot tell the format"),
+    (["score", "--input", "{emptycsv}", "--label", "clicked"], "no header row"),
+    (["score", "--input", "{headeronly}", "--label", "clicked"], "no labelled example"),
+    (["score", "--input", "{truncgz}", "--label", "clicked"], "not a complete gzip file"),
+    (["score", "--input", "{junkgz}", "--label", "clicked"], "not a complete gzip file"),
     (["score", "--input", "{latin1}", "--label", "clicked"], "not UTF-8"),
     (["score", "--input", "{good}", "--label", "clicked", "--workers", "0"], "--workers"),
     (["score", "--input", "{good}", "--label", "clicked", "--format", "xml"], "--format"),
