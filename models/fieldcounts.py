@@ -19,6 +19,9 @@ of distinct values; in exact mode the count is exact. The sketch merges
 exactly too (register-wise maximum), and it is built from every exact key at
 the switch, so the estimate does not depend on batching or partitioning.
 
+Pair tables do not report a cardinality: they are built with ``distinct=False``
+and keep no sketch (``distinct_estimate`` is then a lower bound only).
+
 Snapshots written before the sketch (a bottom-256 ``kmv`` list) restore with
 the sketch seeded from that list: the cardinality of such a hashed field is
 then under-reported until its block expires; its counts and scores are exact.
@@ -32,7 +35,7 @@ import numpy as np
 
 from models import hll
 
-HLL_P = 14  # 16 KiB of registers per hashed field (and pair) per block; ~0.8 % standard error
+HLL_P = 14  # 16 KiB of registers per hashed field per block (pairs keep none); ~0.8 % standard error
 
 
 def _label_counts(index: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
@@ -77,11 +80,12 @@ def _value_counts(hashes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, n
 
 
 class FieldCounts:
-    __slots__ = ("max_values", "tail", "keys", "counts", "sketch")
+    __slots__ = ("max_values", "tail", "distinct", "keys", "counts", "sketch")
 
-    def __init__(self, max_values: int, tail: int) -> None:
+    def __init__(self, max_values: int, tail: int, distinct: bool = True) -> None:
         self.max_values = max_values
         self.tail = tail
+        self.distinct = distinct  # keep a distinct-count sketch in hashed mode
         self.keys: np.ndarray | None = np.empty(0, dtype=np.uint64)  # None in hashed mode
         self.counts = np.empty((0, 2), dtype=np.int64)
         self.sketch: np.ndarray | None = None  # HyperLogLog registers, in hashed mode only
@@ -101,8 +105,7 @@ class FieldCounts:
             return
         if self.keys is None:
             self.counts += _label_counts(hashes % np.uint64(self.buckets), labels, self.buckets)
-            assert self.sketch is not None
-            hll.add(self.sketch, hashes)
+            self._sketch(hashes)
             return
         self._add_exact(*_value_counts(hashes, labels))
 
@@ -118,8 +121,7 @@ class FieldCounts:
         if len(keys) > self.max_values:
             self._fold()
             self._add_folded(values, counts)
-            assert self.sketch is not None
-            hll.add(self.sketch, values)
+            self._sketch(values)
             return
         merged = np.zeros((len(keys), 2), dtype=np.int64)
         merged[np.searchsorted(keys, self.keys)] += self.counts
@@ -137,31 +139,37 @@ class FieldCounts:
         self.keys = None
         self.counts = np.zeros((self.buckets, 2), dtype=np.int64)
         self._add_folded(keys, counts)
-        self.sketch = hll.registers(HLL_P)
-        hll.add(self.sketch, keys)  # every value seen so far: the sketch is that of the whole stream
+        if self.distinct:
+            self.sketch = hll.registers(HLL_P)
+            hll.add(self.sketch, keys)  # every value seen so far: the sketch is that of the whole stream
+
+    def _sketch(self, hashes: np.ndarray) -> None:
+        if self.sketch is not None:
+            hll.add(self.sketch, hashes)
 
     # ------------------------------------------------------------- merge
     def merge(self, other: FieldCounts) -> None:
         """Add ``other``'s counts (same sizes); the result equals one pass over both streams."""
         if (other.max_values, other.tail) != (self.max_values, self.tail):
             raise ValueError("cannot merge field counts of different sizes")
+        if not other.distinct:  # a pair table (or one restored from before pairs had none): no sketch
+            self.distinct, self.sketch = False, None
         if other.keys is not None and len(other.keys) == 0:
             return
         if other.keys is None:
             if self.keys is not None:
                 self._fold()
             self.counts += other.counts
-            assert self.sketch is not None and other.sketch is not None
-            hll.merge(self.sketch, other.sketch)
+            if self.sketch is not None and other.sketch is not None:
+                hll.merge(self.sketch, other.sketch)
         elif self.keys is None:
             self._add_folded(other.keys, other.counts)
-            assert self.sketch is not None
-            hll.add(self.sketch, other.keys)
+            self._sketch(other.keys)
         else:
             self._add_exact(other.keys, other.counts)
 
     def copy(self) -> FieldCounts:
-        out = FieldCounts(self.max_values, self.tail)
+        out = FieldCounts(self.max_values, self.tail, self.distinct)
         out.keys = None if self.keys is None else self.keys.copy()
         out.counts = self.counts.copy()
         out.sketch = None if self.sketch is None else self.sketch.copy()
@@ -175,11 +183,12 @@ class FieldCounts:
         return self.counts[self.counts.sum(axis=1) > 0]
 
     def distinct_estimate(self) -> int:
-        """Distinct values: exact in exact mode, the HyperLogLog estimate in hashed mode."""
+        """Distinct values: exact in exact mode, the HyperLogLog estimate in hashed mode
+        (without a sketch, ``distinct=False``: only the lower bound ``max_values + 1``)."""
         if self.keys is not None:
             return len(self.keys)
-        assert self.sketch is not None
-        return max(int(round(hll.estimate(self.sketch))), self.max_values + 1)
+        estimate = 0 if self.sketch is None else int(round(hll.estimate(self.sketch)))
+        return max(estimate, self.max_values + 1)
 
     @property
     def distinct_estimated(self) -> bool:
@@ -196,16 +205,17 @@ class FieldCounts:
             "tail": self.tail,
             "keys": None if self.keys is None else self.keys.copy(),
             "counts": self.counts.copy(),
+            "distinct": self.distinct,
             "hll": None if self.sketch is None else self.sketch.copy(),
         }
 
     @classmethod
     def restore(cls, snap: dict[str, Any]) -> FieldCounts:
-        out = cls(int(snap["max_values"]), int(snap["tail"]))
+        out = cls(int(snap["max_values"]), int(snap["tail"]), bool(snap.get("distinct", True)))
         keys = snap["keys"]
         out.keys = None if keys is None else np.asarray(keys, dtype=np.uint64)
         out.counts = np.asarray(snap["counts"], dtype=np.int64).reshape(-1, 2)
-        if out.keys is None:
+        if out.keys is None and out.distinct:
             if snap.get("hll") is not None:
                 out.sketch = np.asarray(snap["hll"], dtype=np.uint8)
                 if len(out.sketch) != 1 << HLL_P:

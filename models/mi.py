@@ -168,8 +168,9 @@ class MIState:
         self.newest_block: int | None = None
         self.expired_examples = 0
 
-    def _new_counts(self) -> FieldCounts:
-        return FieldCounts(self.config.max_values, self.config.tail_buckets)
+    def _new_counts(self, distinct: bool = True) -> FieldCounts:
+        """Counts of a field (with a distinct-count sketch) or of a pair (``distinct=False``: none kept)."""
+        return FieldCounts(self.config.max_values, self.config.tail_buckets, distinct)
 
     def _block_ids(self, ts: np.ndarray) -> np.ndarray:
         if self.config.block_ms == 0:
@@ -218,7 +219,7 @@ class MIState:
                         continue
                     table = pair_tables.get(pair)
                     if table is None:
-                        table = pair_tables[pair] = self._new_counts()
+                        table = pair_tables[pair] = self._new_counts(distinct=False)
                     table.update(pair_hash(h[:, ja], h[:, jb]), y)
 
     def advance(self, watermark_ms: int | None) -> None:

@@ -87,3 +87,27 @@ def test_small_and_empty_sketches() -> None:
     assert hll.estimate(regs) == pytest.approx(100, rel=0.02)
     with pytest.raises(ValueError):
         hll.registers(4)
+
+
+def test_pair_tables_keep_no_sketch_and_merge_with_old_ones() -> None:
+    from models.interning import EncodedBatch
+
+    state = MIState(MIConfig(max_values=256, tail_buckets=64, block_ms=0, pairs_top_n=2))
+    state.set_pairs([("a", "b")])
+    n = 20_000
+    a, b = hash_column([f"a{i}" for i in range(n)]), hash_column([f"b{i % 300}" for i in range(n)])
+    state.update(EncodedBatch(["a", "b"], np.stack([a, b], axis=1)), np.zeros(n, np.int8), np.zeros(n, np.int64))
+    pair = state.pair_blocks[0][("a", "b")]
+    assert pair.hashed and pair.sketch is None and not pair.distinct
+    assert state.blocks[0]["a"].sketch is not None  # fields keep theirs
+    legacy = pair.snapshot()
+    del legacy["distinct"], legacy["hll"]
+    legacy["kmv"] = np.sort(a)[:256]
+    old = FieldCounts.restore(legacy)  # a pair table of before: restored with a sketch
+    assert old.sketch is not None
+    for first, second in ((old.copy(), pair), (pair.copy(), old)):
+        first.merge(second)  # either order: the merged pair table keeps none
+        assert first.sketch is None and not first.distinct
+        np.testing.assert_array_equal(first.counts, 2 * pair.counts)
+    again = FieldCounts.restore(pair.snapshot())
+    assert again.sketch is None and not again.distinct
