@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from connectors import progress
 from connectors.codec import Limits, decode_many
 from connectors.join import JoinBuffer
 from models.fieldcounts import FieldCounts
@@ -590,12 +591,7 @@ class _Bar:
     """
 
     def __init__(self, path: str, desc: str, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=os.path.getsize(path), desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                            file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+        self.bar = progress.bar(os.path.getsize(path), desc, "B", enabled) if enabled else None
 
     def show(self, done_bytes: int, rows: int) -> None:
         if self.bar is not None:

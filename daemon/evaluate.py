@@ -489,10 +489,9 @@ def _truth_check(result: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any
 
 def _bar(stage: str, total: int, enabled: bool, unit: str) -> Any:
     """A progress bar on stderr (total, rate, ETA); a silent one when not ``enabled``."""
-    from tqdm import tqdm
+    from connectors.progress import bar
 
-    return tqdm(total=total, desc=stage, unit=unit, unit_scale=True, file=sys.stderr, mininterval=0.5,
-                disable=not enabled, dynamic_ncols=True, miniters=1)
+    return bar(total, stage, unit, enabled)
 
 
 def _check_read(path: str, fmt: str, rows: int, skipped: Counter[str]) -> None:

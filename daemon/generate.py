@@ -65,10 +65,9 @@ def _with_bad(
 
 def _progress(enabled: bool, impressions: int) -> Any:
     """A bar over the impressions written (clicks ride along), with rate and ETA, on stderr."""
-    from tqdm import tqdm
+    from connectors.progress import bar
 
-    return tqdm(total=impressions, desc="generate", unit=" impressions", unit_scale=True, file=sys.stderr,
-                mininterval=0.5, disable=not enabled, dynamic_ncols=True)
+    return bar(impressions, "generate", " impressions", enabled)
 
 
 def generate_command(args: argparse.Namespace, settings: Settings) -> int:

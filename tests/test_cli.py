@@ -355,3 +355,15 @@ def test_evaluate_progress_has_totals_and_stdout_stays_empty(files: dict[str, Pa
     quiet = featsieve("evaluate", "--input", str(files["good"]), "--label", "clicked", "--output-dir",
                       str(tmp_path / "q"), "--ratios", "0.5,1", "--methods", "topk-mi")
     assert "%" not in quiet.stderr  # a pipe, not a terminal: no bar (only the line naming the outputs)
+
+
+def test_a_progress_bar_starts_no_thread() -> None:
+    # tqdm's monitor thread would make score's workers start with 'spawn' (slow) instead of 'fork'
+    import threading
+
+    from connectors.progress import bar
+
+    before = threading.active_count()
+    with bar(10, "x", "B", True) as b:
+        b.update(5)
+        assert threading.active_count() == before
