@@ -2,12 +2,19 @@
 
 * **CSV** with a header and a 0/1 label column (``--label``). Cells are
   strings; an empty cell is a missing value. Rows whose label is not one of
-  ``0 1 true false`` are skipped and counted (``bad_label``).
+  ``0 1 true false`` are skipped and counted (``bad_label``); when more than
+  ``MAX_BAD_LABEL_SHARE`` of the rows are (a probability, a count, the wrong
+  column) :func:`score_file` raises :class:`InputError` instead.
 * **JSONL** of schema-v1 events (``.jsonl``, ``.ndjson``, ``.json``):
   impressions and clicks are joined by event time over the attribution
   window exactly as the daemon does (connectors/join.py), impressions still
   open at the end of the file become negatives; ``labeled`` events are used
   as they are. Lines that do not decode are skipped and counted by reason.
+
+The format (:func:`input_format`) is the one declared (``--input-format``), else
+the extension (``.csv``; ``.jsonl``, ``.ndjson``, ``.json``; each optionally
+``.gz``), else the content: a first line that is a JSON object is JSONL, one
+with a comma is CSV; anything else is an :class:`InputError` naming the file.
 
 Both are read in batches of ``batch_rows``: memory does not grow with the
 file. :func:`score_file` feeds the batches to the same MI core as the daemon
@@ -27,13 +34,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from connectors import progress
 from connectors.codec import Limits, decode_many
 from connectors.join import JoinBuffer
 from models.fieldcounts import FieldCounts
@@ -49,6 +57,42 @@ from models.mi import MIConfig, MIState, ranked_pairs
 
 _TRUE = {"1", "true", "True", "TRUE"}
 _FALSE = {"0", "false", "False", "FALSE"}
+FORMATS = ("csv", "jsonl")
+_EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+_SNIFF_BYTES = 1 << 16
+MAX_BAD_LABEL_SHARE = 0.01  # more rows than this with a label other than 0/1: not a label column
+
+
+class InputError(ValueError):
+    """The input file is not what it must be (unknown format, no label column, a label that is not 0/1,
+    no decodable line); the message names the file. A user error, not a bug."""
+
+
+def input_format(path: str, declared: str | None = None) -> str:
+    """``csv`` or ``jsonl``: ``declared`` if given, else by extension, else by content (see the module doc)."""
+    if declared is not None:
+        if declared not in FORMATS:
+            raise InputError(f"unknown input format {declared!r} (allowed: {', '.join(FORMATS)})")
+        return declared
+    by_ext = _EXTENSIONS.get(Path(path.removesuffix(".gz")).suffix.lower())
+    if by_ext is not None:
+        return by_ext
+    try:
+        with _open_bytes(path) as raw:
+            head = raw.read(_SNIFF_BYTES)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"cannot read {path}: {exc}") from None
+    first = next((line.strip() for line in head.split(b"\n") if line.strip()), b"")
+    try:
+        text = first.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text.startswith("{"):
+        return "jsonl"
+    if "," in text and text.isprintable():
+        return "csv"
+    raise InputError(f"cannot tell the format of {path}: not named .csv/.jsonl and its first line is neither "
+                     "CSV nor a JSON object (give --input-format csv|jsonl)")
 
 
 @dataclass
@@ -64,30 +108,34 @@ def _open(path: str) -> io.TextIOBase:
     return open(path, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the caller's with
 
 
-def is_csv(path: str) -> bool:
-    return path.removesuffix(".gz").endswith(".csv")
+def is_csv(path: str, declared: str | None = None) -> bool:
+    return input_format(path, declared) == "csv"
 
 
 def read_batches(path: str, label: str | None = None, batch_rows: int = 8192, window_ms: int = 1_800_000,
-                 skipped: Counter[str] | None = None) -> Iterator[Batch]:
-    """Labelled examples of a CSV or JSONL file, in batches, in file order."""
+                 skipped: Counter[str] | None = None, fmt: str | None = None,
+                 meter: ReadMeter | None = None) -> Iterator[Batch]:
+    """Labelled examples of a CSV or JSONL file, in batches, in file order (``fmt``: see :func:`input_format`)."""
     skipped = Counter() if skipped is None else skipped
-    if is_csv(path):
+    if is_csv(path, fmt):
         if not label:
-            raise ValueError("a CSV input needs the name of its 0/1 label column")
-        yield from _csv_batches(path, label, batch_rows, skipped)
+            raise InputError(f"{path} is a CSV file: give the name of its 0/1 label column (--label COLUMN)")
+        yield from _csv_batches(path, label, batch_rows, skipped, meter)
     else:
-        yield from _jsonl_batches(path, batch_rows, window_ms, skipped)
+        yield from _jsonl_batches(path, batch_rows, window_ms, skipped, meter)
 
 
-def _csv_batches(path: str, label: str, batch_rows: int, skipped: Counter[str]) -> Iterator[Batch]:
+def _csv_batches(path: str, label: str, batch_rows: int, skipped: Counter[str],
+                 meter: ReadMeter | None) -> Iterator[Batch]:
     with _open(path) as handle:
+        if meter is not None:
+            meter.attach(handle)
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
             return
         if label not in header:
-            raise ValueError(f"label column {label!r} is not in {path}; columns: {', '.join(header)}")
+            raise InputError(f"label column {label!r} is not in {path}; columns: {', '.join(header)}")
         li = header.index(label)
         names = [(i, n) for i, n in enumerate(header) if i != li]
         row_no = 0
@@ -143,8 +191,34 @@ def _open_bytes(path: str) -> Any:
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
 
 
+class ReadMeter:
+    """How far a reader is into its file, in bytes of the file on disk (compressed bytes for ``.gz``),
+    so that a progress bar has a total (the file's size) whatever the format."""
+
+    def __init__(self) -> None:
+        self._tell: Callable[[], int] | None = None
+        self._start = 0
+
+    def attach(self, handle: Any, start: int = 0) -> None:
+        """Measure ``handle`` (text or binary, plain or gzip) from byte ``start`` of the file on."""
+        if isinstance(handle, io.TextIOWrapper):
+            handle = handle.buffer  # a text reader's own tell() is disabled while it is iterated
+        if isinstance(handle, gzip.GzipFile):
+            handle = handle.fileobj
+        self._tell, self._start = handle.tell, start
+
+    def done(self) -> int:
+        if self._tell is None:
+            return 0
+        try:
+            return self._tell() - self._start
+        except (OSError, ValueError):  # closed at the end
+            return 0
+
+
 def encoded_batches(path: str, label: str | None, interner: Interner, batch_rows: int = 8192,
                     window_ms: int = 1_800_000, skipped: Counter[str] | None = None,
+                    fmt: str | None = None, meter: ReadMeter | None = None,
                     ) -> Iterator[tuple[EncodedBatch, np.ndarray, np.ndarray]]:
     """``(hashes, labels, ts)`` of :func:`read_batches`' examples, hashed with ``interner``.
 
@@ -153,13 +227,15 @@ def encoded_batches(path: str, label: str | None, interner: Interner, batch_rows
     it has no quote and no carriage return (from the first one on, the csv module reads it).
     """
     skipped = Counter() if skipped is None else skipped
-    if not is_csv(path):
-        for b in read_batches(path, label, batch_rows, window_ms, skipped):
+    if not is_csv(path, fmt):
+        for b in read_batches(path, label, batch_rows, window_ms, skipped, fmt, meter):
             yield interner.encode(b.features), b.labels, b.ts
         return
     if not label:
-        raise ValueError("a CSV input needs the name of its 0/1 label column")
+        raise InputError(f"{path} is a CSV file: give the name of its 0/1 label column (--label COLUMN)")
     with _open_bytes(path) as raw:
+        if meter is not None:
+            meter.attach(raw)
         header = _read_header(raw, path, label)
         if header is None:
             return
@@ -168,10 +244,13 @@ def encoded_batches(path: str, label: str | None, interner: Interner, batch_rows
 
 
 def _read_header(raw: Any, path: str, label: str) -> list[str] | None:
-    """The header row of a CSV opened in binary (None for an empty file); checks the label is in it."""
-    header = next(csv.reader([raw.readline().decode("utf-8")]), None)
+    """The header row of a CSV opened in binary; checks the label is in it (InputError for an empty first line)."""
+    first = raw.readline().decode("utf-8")
+    if not first.strip():
+        raise InputError(f"{path} has no header row (the first line is empty)")
+    header = next(csv.reader([first]), None)
     if header is not None and label not in header:
-        raise ValueError(f"label column {label!r} is not in {path}; columns: {', '.join(header)}")
+        raise InputError(f"label column {label!r} is not in {path}; columns: {', '.join(header)}")
     return header
 
 
@@ -323,7 +402,8 @@ def _cell_reader(block: bytes, st: np.ndarray, ln: np.ndarray) -> Callable[[int]
     return value
 
 
-def _jsonl_batches(path: str, batch_rows: int, window_ms: int, skipped: Counter[str]) -> Iterator[Batch]:
+def _jsonl_batches(path: str, batch_rows: int, window_ms: int, skipped: Counter[str],
+                   meter: ReadMeter | None) -> Iterator[Batch]:
     join = JoinBuffer(window_ms=window_ms, lateness_ms=window_ms, max_pending=10_000_000,
                       max_future_ms=365 * 86_400_000)
     limits = Limits()
@@ -335,6 +415,8 @@ def _jsonl_batches(path: str, batch_rows: int, window_ms: int, skipped: Counter[
                         np.fromiter((e.ts for e in part), np.int64, len(part)))
 
     with _open(path) as handle:
+        if meter is not None:
+            meter.attach(handle)
         while True:
             lines = [line.encode() for line in _take(handle, batch_rows) if line.strip()]
             if not lines:
@@ -410,7 +492,7 @@ def _no_value(i: int) -> Any:
 
 @dataclass
 class _RangeTask:
-    """One worker's share of a CSV: the rows in bytes ``[start, end)``."""
+    """One worker's share of a CSV: the rows in bytes ``[start, end)``; ``slot``: its progress counters."""
 
     path: str
     label: str
@@ -421,6 +503,7 @@ class _RangeTask:
     pairs: tuple[tuple[str, str], ...]
     batch_rows: int
     max_fields: int
+    slot: int = 0
 
 
 @dataclass
@@ -431,13 +514,41 @@ class _Counted:
     skipped: Counter[str]
 
 
-def _count_range(task: _RangeTask, progress: bool = False) -> _Counted:
+class _Tally:
+    """Bytes read and rows counted by every process of one pass, in shared memory.
+
+    Slot ``i`` holds ``[bytes, rows]`` of range ``i``: each process writes its own slot only,
+    the parent sums them for the progress bar (so it counts every worker, not only itself).
+    """
+
+    def __init__(self, slots: int, ctx: Any = None) -> None:
+        self.values = (ctx or multiprocessing).Array("q", 2 * slots, lock=False)
+
+    def set(self, slot: int, done_bytes: int, rows: int) -> None:
+        self.values[2 * slot] = done_bytes
+        self.values[2 * slot + 1] = rows
+
+    def totals(self) -> tuple[int, int]:
+        v = self.values[:]
+        return sum(v[0::2]), sum(v[1::2])
+
+
+_WORKER_TALLY: _Tally | None = None  # a worker process's view of the parent's tally (set by _init_worker)
+
+
+def _init_worker(tally: _Tally) -> None:
+    global _WORKER_TALLY
+    _WORKER_TALLY = tally
+
+
+def _count_range(task: _RangeTask, tally: _Tally | None = None) -> _Counted:
     """Count the rows of one byte range into a fresh MIState (run in a worker process, or in this one).
 
     Every column of the header has a field from the first row on (an empty cell is a missing
     value), so the counts of each range, merged, are exactly those of one pass over the file.
     The rows' timestamps do not matter: a file is scored as one evidence block (ts 0).
     """
+    tally = tally if tally is not None else _WORKER_TALLY
     interner = Interner(task.max_fields, names_per_column=0)  # value names are not reported
     _admit(interner, [n for n in task.header if n != task.label])
     state = MIState(task.config)
@@ -445,22 +556,23 @@ def _count_range(task: _RangeTask, progress: bool = False) -> _Counted:
         state.set_pairs(task.pairs, limit=len(task.pairs))
     skipped: Counter[str] = Counter()
     reader = _CsvBytes(task.header, task.header.index(task.label), interner, task.batch_rows, skipped)
+    meter = ReadMeter()
     with open(task.path, "rb") as raw:
         raw.seek(task.start)
-        return _count(reader.read(raw, task.end - task.start), state, skipped, progress)
+        meter.attach(raw, task.start)
+        report = None if tally is None else (lambda rows: tally.set(task.slot, meter.done(), rows))
+        return _count(reader.read(raw, task.end - task.start), state, skipped, report)
 
 
 def _count(batches: Iterator[tuple[EncodedBatch, np.ndarray, np.ndarray]], state: MIState,
-           skipped: Counter[str], progress: bool) -> _Counted:
+           skipped: Counter[str], report: Callable[[int], None] | None = None) -> _Counted:
     rows = positives = 0
     for encoded, labels, _ in batches:
         state.update(encoded, labels, np.zeros(len(labels), np.int64))
         rows += len(labels)
         positives += int(labels.sum())
-        if progress:
-            print(f"\rscored {rows:,} rows", end="", file=sys.stderr, flush=True)
-    if progress:
-        print(file=sys.stderr)
+        if report is not None:
+            report(rows)
     return _Counted(state, rows, positives, skipped)
 
 
@@ -471,18 +583,42 @@ def _start_method() -> str:
     return "spawn"
 
 
-def _count_file(path: str, label: str | None, config: MIConfig, pairs: tuple[tuple[str, str], ...],
-                workers: int, batch_rows: int, max_fields: int, window_ms: int, progress: bool,
+class _Bar:
+    """The progress bar of one pass: bytes of the file (total: its size), rate and ETA, rows as a postfix.
+
+    Written to stderr only when ``enabled`` (the caller decides: a TTY, or ``--progress``),
+    so a JSON result on stdout stays clean.
+    """
+
+    def __init__(self, path: str, desc: str, enabled: bool) -> None:
+        self.bar = progress.bar(os.path.getsize(path), desc, "B", enabled) if enabled else None
+
+    def show(self, done_bytes: int, rows: int) -> None:
+        if self.bar is not None:
+            self.bar.n = min(done_bytes, self.bar.total)
+            self.bar.set_postfix_str(f"{rows:,} rows", refresh=False)
+            self.bar.refresh()
+
+    def close(self, done_bytes: int, rows: int) -> None:
+        if self.bar is not None:
+            self.show(max(done_bytes, self.bar.total), rows)
+            self.bar.close()
+
+
+def _count_file(path: str, fmt: str, label: str | None, config: MIConfig, pairs: tuple[tuple[str, str], ...],
+                workers: int, batch_rows: int, max_fields: int, window_ms: int, bar: _Bar,
                 ) -> tuple[_Counted, int, int]:
     """One pass over the file: (counts, untracked field names, processes used).
 
     A CSV whose columns fit in ``max_fields`` gets a field per column from the first row on;
     with ``workers > 1`` (and a file that :func:`csv_ranges` can cut) its ranges are counted
     in that many processes and the states merged, which is exact (models/mi.py). Anything
-    else is read in this process, in file order.
+    else is read in this process, in file order. ``bar`` shows the bytes and rows of all of them.
     """
     header: list[str] | None = None
-    if label and is_csv(path):
+    if fmt == "csv":
+        if not label:
+            raise InputError(f"{path} is a CSV file: give the name of its 0/1 label column (--label COLUMN)")
         with _open_bytes(path) as raw:
             header = _read_header(raw, path, label)
     features = [n for n in header if n != label] if header else []
@@ -490,25 +626,42 @@ def _count_file(path: str, label: str | None, config: MIConfig, pairs: tuple[tup
     if pairs:
         state.set_pairs(pairs, limit=len(pairs))
     skipped: Counter[str] = Counter()
+    meter = ReadMeter()
+
+    def report(rows: int) -> None:
+        bar.show(meter.done(), rows)
+
     if header is None or len(features) > max_fields:  # JSONL, empty, or more columns than fields
         interner = Interner(max_fields, names_per_column=0)
-        counted = _count(encoded_batches(path, label, interner, batch_rows, window_ms, skipped),
-                         state, skipped, progress)
+        counted = _count(encoded_batches(path, label, interner, batch_rows, window_ms, skipped, fmt, meter),
+                         state, skipped, report)
+        bar.close(meter.done(), counted.rows)
         return counted, interner.untracked_fields, 1
     assert label is not None
     ranges = csv_ranges(path, workers) if workers > 1 else None
     if not ranges or len(ranges) == 1:
         interner = Interner(max_fields, names_per_column=0)
         _admit(interner, features)
-        counted = _count(encoded_batches(path, label, interner, batch_rows, window_ms, skipped),
-                         state, skipped, progress)
+        counted = _count(encoded_batches(path, label, interner, batch_rows, window_ms, skipped, fmt, meter),
+                         state, skipped, report)
+        bar.close(meter.done(), counted.rows)
         return counted, 0, 1
-    tasks = [_RangeTask(path, label, header, a, b, config, pairs, batch_rows, max_fields) for a, b in ranges]
+    tasks = [_RangeTask(path, label, header, a, b, config, pairs, batch_rows, max_fields, slot=i)
+             for i, (a, b) in enumerate(ranges)]
     ctx = multiprocessing.get_context(_start_method())
-    with ProcessPoolExecutor(max_workers=len(tasks) - 1, mp_context=ctx) as pool:
+    tally = _Tally(len(tasks), ctx)
+
+    def show_all(_rows: int = 0) -> None:
+        bar.show(*tally.totals())
+
+    with ProcessPoolExecutor(max_workers=len(tasks) - 1, mp_context=ctx, initializer=_init_worker,
+                             initargs=(tally,)) as pool:
         futures = [pool.submit(_count_range, t) for t in tasks[1:]]
-        parts = [_count_range(tasks[0], progress)]  # this process counts the first range meanwhile
-        parts += [f.result() for f in futures]
+        first = _count_range(tasks[0], tally)  # this process counts the first range meanwhile
+        while not wait(futures, timeout=0.5).done.issuperset(futures):
+            show_all()
+        parts = [first] + [f.result() for f in futures]
+    bar.close(*tally.totals())
     total = parts[0]
     for part in parts[1:]:
         total.state.merge(part.state)
@@ -518,6 +671,19 @@ def _count_file(path: str, label: str | None, config: MIConfig, pairs: tuple[tup
     return total, 0, len(tasks)
 
 
+def _check_input(path: str, fmt: str, label: str | None, counted: _Counted) -> None:
+    """Fail loudly on input that would otherwise give an empty or a meaningless ranking."""
+    bad_label = counted.skipped.get("bad_label", 0)
+    seen = counted.rows + bad_label
+    if fmt == "csv" and bad_label and bad_label > MAX_BAD_LABEL_SHARE * seen:
+        raise InputError(f"label column {label!r} of {path} is not a 0/1 column: {bad_label:,} of {seen:,} rows "
+                         "have another value (allowed: 0 1 true false)")
+    if fmt == "jsonl" and counted.rows == 0 and counted.skipped.total():
+        reasons = ", ".join(f"{n:,} {r}" for r, n in counted.skipped.most_common(3))
+        raise InputError(f"no line of {path} is a featsieve event ({reasons}): if it is a CSV, "
+                         "give --input-format csv --label COLUMN")
+
+
 def _valued(counts: FieldCounts | None) -> bool:
     """The field had at least one value (not only empty cells)."""
     return counts is not None and (counts.keys is None or bool(np.any(counts.keys != np.uint64(MISSING))))
@@ -525,35 +691,39 @@ def _valued(counts: FieldCounts | None) -> bool:
 
 def score_file(path: str, label: str | None = None, pairs: bool = False, config: MIConfig | None = None,
                window_ms: int = 1_800_000, progress: bool = False, batch_rows: int = 8192,
-               max_fields: int = 256, workers: int = 1) -> dict[str, Any]:
+               max_fields: int = 256, workers: int = 1, fmt: str | None = None) -> dict[str, Any]:
     """Score every field of a file (and, with ``pairs``, every pair up to ``pair_budget``) with the daemon's MI core.
 
     Pairs need the field ranking first, so they take a second pass over the file with the
     chosen pairs only (field counts are taken from the first pass, never counted twice).
     ``workers`` > 1 counts a plain CSV in that many processes (see :func:`_count_file`);
     the result is the same as with one, except ``seconds``, ``rows_per_s`` and ``workers``.
-    A CSV column with no value at all is not reported.
+    A CSV column with no value at all is not reported. ``fmt`` (csv|jsonl) overrides the
+    format's detection (:func:`input_format`). Raises :class:`InputError` for input that
+    cannot be scored (see :func:`_check_input`); ``progress`` draws a bar on stderr.
     """
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no such input file: {path}")
+        raise InputError(f"{path} is not a file" if Path(path).exists() else f"no such input file: {path}")
     if workers < 1:
         raise ValueError("workers must be >= 1")
+    fmt = input_format(path, fmt)
     cfg = replace(config or MIConfig(), block_ms=0)
     t0 = time.perf_counter()
-    counted, untracked, used = _count_file(path, label, replace(cfg, pairs_top_n=0), (), workers,
-                                           batch_rows, max_fields, window_ms, progress)
+    counted, untracked, used = _count_file(path, fmt, label, replace(cfg, pairs_top_n=0), (), workers,
+                                           batch_rows, max_fields, window_ms, _Bar(path, "score", progress))
+    _check_input(path, fmt, label, counted)
     state = counted.state
     valued = {name for name in state.field_names() if _valued(state.field_counts(name))}
     scores = [s for s in state.scores(with_pairs=False) if s.name in valued]
-    result: dict[str, Any] = {"input": path, "rows": counted.rows, "positives": counted.positives}
+    result: dict[str, Any] = {"input": path, "format": fmt, "rows": counted.rows, "positives": counted.positives}
     pair_list: list[dict[str, Any]] = []
     if pairs and cfg.pairs_top_n >= 2:
         # every pair while they fit in pair_budget (64 fields: 2016 pairs), else all pairs among
         # as many of the top fields as fit: a pair weak alone on both sides (XOR) is still scored
         chosen = MIState(cfg)
         chosen.set_pairs(ranked_pairs([s.name for s in scores]), limit=cfg.pair_budget)
-        pair_state = _count_file(path, label, cfg, chosen.pairs, workers, batch_rows, max_fields,
-                                 window_ms, False)[0].state
+        pair_state = _count_file(path, fmt, label, cfg, chosen.pairs, workers, batch_rows, max_fields,
+                                 window_ms, _Bar(path, "score pairs", progress))[0].state
         field_scores = {s.name: s for s in scores}
         pair_scores = pair_state.pair_scores(field_scores)
         redundant: dict[str, str] = {}

@@ -231,6 +231,34 @@ SETTINGS: tuple[Setting, ...] = (
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
+# The sections of ``--help`` (and of docs/cli.md): every setting is in exactly one (tests/test_cli.py).
+SETTING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Kafka", ("bootstrap", "input_topics", "mask_topic", "dlq_topic", "group_id", "group_session_timeout_s",
+               "max_poll_records", "fetch_max_bytes", "max_partition_fetch_bytes", "topic_replication_factor",
+               "topic_min_insync_replicas", "kafka_client_properties")),
+    ("service", ("model_id", "state_dir", "metrics_port", "metrics_addr", "ready_max_lag", "log_format",
+                 "log_level", "seed", "decode_process")),
+    ("join (event time)", ("attribution_window_s", "lateness_s", "max_future_s", "max_pending_impressions",
+                           "max_pending_bytes")),
+    ("checkpoints and masks", ("checkpoint_interval_s", "checkpoint_interval_events", "keep_snapshots",
+                               "mask_interval_s", "heartbeat_interval_s")),
+    ("coordination (several instances)", ("coordination", "stats_topic", "control_topic", "instance_id",
+                                          "writer_session_timeout_s")),
+    ("MI", ("mi_max_values", "mi_tail_buckets", "mi_block_s", "mi_blocks", "pairs_top_n", "max_pairs",
+            "pair_budget", "max_fields")),
+    ("policy", ("policy_mode", "drop_budget", "drop_confidence_z", "drop_hysteresis", "pair_min_z", "enter_threshold", "exit_threshold", "min_examples", "min_positives", "min_z",
+                "exit_z", "max_changes", "protected_fields", "budget_k", "drop_redundant", "gate_enter",
+                "gate_exit")),
+    ("gates", ("gates", "gate_max_fields", "gate_buckets", "gate_window", "gate_queue_batches",
+               "gate_min_windows", "gate_min_auc", "closed_values_max_cardinality")),
+    ("limits (inputs beyond are dead-lettered)", ("max_message_bytes", "max_fields_per_event",
+                                                  "max_field_name_len", "max_value_len")),
+    ("fields (which names get a column)", ("field_admit_min_events", "field_reclaim_events")),
+    ("security", ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+                  "kafka_sasl_password_file", "kafka_sasl_oauth_token_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+                  "kafka_ssl_check_hostname")),
+)
+
 
 def _parse(setting: Setting, raw: Any, origin: str) -> Any:
     """Convert a raw value (TOML value or env/flag string) to the setting's type."""
@@ -386,26 +414,41 @@ _ALIASES: dict[str, tuple[str, ...]] = {"bootstrap": ("--bootstrap-server",)}
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
-    """Add one flag per setting (all by default). Defaults stay None so we know what was given."""
-    group = parser.add_argument_group("settings (flag > FEATSIEVE_* env > --config TOML > default)")
-    group.add_argument("--config", metavar="FILE", help="TOML settings file")
-    for setting in SETTINGS:
-        if names is not None and setting.name not in names:
+    """Add one flag per setting (all by default), in the sections of ``SETTING_GROUPS``.
+
+    Defaults stay None so we know what was given. A boolean setting is ``--name`` /
+    ``--no-name``; the older ``--name true|false`` (any spelling the env takes) still works.
+    """
+    from daemon.cliparse import BoolFlag
+
+    top = parser.add_argument_group("settings (flag > FEATSIEVE_* env > --config TOML > default)")
+    top.add_argument("--config", metavar="FILE", help="TOML settings file")
+    for title, members in SETTING_GROUPS:
+        chosen = [SETTINGS_BY_NAME[n] for n in members if names is None or n in names]
+        # never take secrets as flags: they would show in `ps` and shell history
+        chosen = [s for s in chosen if s.kind != "secret"]
+        if not chosen:
             continue
-        if setting.kind == "secret":
-            # never take secrets as flags: they would show in `ps` and shell history
-            continue
-        default = "" if setting.kind == "secret" else setting.default
-        shown = ",".join(default) if isinstance(default, list) else json.dumps(default) if isinstance(default, dict) else default
-        metavar = {"choice": "{" + ",".join(setting.choices) + "}", "table": "JSON"}.get(setting.kind, setting.kind.upper())
-        group.add_argument(
-            setting.flag,
-            *_ALIASES.get(setting.name, ()),
-            dest=f"setting_{setting.name}",
-            metavar=metavar,
-            default=None,
-            help=f"{setting.help} [{setting.env}; default {shown!s}]",
-        )
+        group = parser.add_argument_group(f"{title} settings")
+        for setting in chosen:
+            default = setting.default
+            shown = (",".join(default) if isinstance(default, list)
+                     else json.dumps(default) if isinstance(default, dict) else default)
+            text = f"{setting.help} [{setting.env}; default {shown!s}]"
+            if setting.kind == "bool":
+                group.add_argument(setting.flag, *_ALIASES.get(setting.name, ()), action=BoolFlag,
+                                   dest=f"setting_{setting.name}", default=None, help=text)
+                continue
+            metavar = {"choice": "{" + ",".join(setting.choices) + "}", "table": "JSON"}.get(setting.kind,
+                                                                                             setting.kind.upper())
+            group.add_argument(
+                setting.flag,
+                *_ALIASES.get(setting.name, ()),
+                dest=f"setting_{setting.name}",
+                metavar=metavar,
+                default=None,
+                help=text,
+            )
 
 
 def load_settings(
@@ -423,9 +466,13 @@ def load_settings(
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"invalid setting --config: file {path} not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"invalid setting --config: cannot read {path} ({exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"invalid setting --config: {path} is not valid TOML ({exc})") from None
         table = data.get("featsieve", data)
+        if not isinstance(table, dict):
+            raise ConfigError(f"invalid setting --config: [featsieve] in {path} is not a table")
         for key, raw in table.items():
             if key not in SETTINGS_BY_NAME:
                 known = ", ".join(sorted(SETTINGS_BY_NAME))

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from connectors.tabular import Batch, is_csv, read_batches
+from connectors.tabular import Batch, ReadMeter, input_format, read_batches
 from daemon.timeorder import TimeOrderedSpill
 from models.evaluation import (
     ScoreHistogram,
@@ -147,11 +147,12 @@ def _with_time(batches: Iterator[Batch], column: str, skipped: Counter[str]) -> 
 
 
 def spill_file(path: str, label: str | None, cfg: EvalConfig, spill: TimeOrderedSpill, interner: Interner,
-               skipped: Counter[str], progress: Callable[[int], None] | None = None) -> None:
-    """Read, intern and spill every labelled example of the file."""
-    if cfg.time_column and not is_csv(path):
+               skipped: Counter[str], progress: Callable[[int], None] | None = None, fmt: str | None = None,
+               meter: ReadMeter | None = None) -> None:
+    """Read, intern and spill every labelled example of the file (``fmt``: connectors/tabular.py's formats)."""
+    if cfg.time_column and input_format(path, fmt) != "csv":
         raise EvaluationError("--time-column applies to CSV input; JSONL events are ordered by their ts")
-    batches = read_batches(path, label, 8192, cfg.window_ms, skipped)
+    batches = read_batches(path, label, 8192, cfg.window_ms, skipped, fmt, meter)
     if cfg.time_column:
         batches = _with_time(batches, cfg.time_column, skipped)
     for b in batches:
@@ -219,7 +220,8 @@ def _evidence(mi: MIState, gates: GateEvidence | None) -> list[FieldEvidence]:
 
 # ------------------------------------------------------------------ run
 def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None = None,
-                  progress: bool = False, ground_truth: dict[str, Any] | None = None) -> dict[str, Any]:
+                  progress: bool = False, ground_truth: dict[str, Any] | None = None,
+                  fmt: str | None = None) -> dict[str, Any]:
     """Run the comparison and return the result (JSON-able). Deterministic for a config."""
     import torch
 
@@ -228,18 +230,26 @@ def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None
     cfg = config or EvalConfig()
     if not Path(path).is_file():
         raise EvaluationError(f"no such input file: {path}")
-    if is_csv(path) and not label:
-        raise EvaluationError("a CSV input needs --label COLUMN (the 0/1 click column)")
+    fmt = input_format(path, fmt)
+    if fmt == "csv" and not label:
+        raise EvaluationError(f"{path} is a CSV file: give the name of its 0/1 label column (--label COLUMN)")
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     skipped: Counter[str] = Counter()
     interner = Interner(cfg.max_fields)
     with tempfile.TemporaryDirectory(prefix="featsieve-eval-") as tmp:
         spill = TimeOrderedSpill(Path(tmp))
-        spill_file(path, label, cfg, spill, interner, skipped,
-                   (lambda n: _bar("read", n, None)) if progress else None)
-        if progress:
-            print(file=sys.stderr)
+        meter = ReadMeter()
+        with _bar("read", Path(path).stat().st_size, progress, "B") as bar:
+
+            def show_read(rows: int) -> None:
+                bar.n = meter.done()
+                bar.set_postfix_str(f"{rows:,} rows", refresh=False)
+                bar.refresh()
+
+            spill_file(path, label, cfg, spill, interner, skipped, show_read if progress else None, fmt, meter)
+            bar.n = bar.total
+        _check_read(path, fmt, spill.rows, skipped)
         t_read = time.perf_counter() - t0
         rows = spill.rows if cfg.max_rows is None else min(cfg.max_rows, spill.rows)
         warmup = cfg.warmup_rows if cfg.warmup_rows is not None else max(100, int(rows * cfg.warmup_share))
@@ -354,6 +364,7 @@ def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None
 
         # pass 2: every model learns the warm-up (not scored), then is scored on each batch before learning it
         row = 0
+        bar = _bar("evaluate", rows, progress, " rows")
         for h, y, _ in spill.batches(cfg.batch_rows, max_rows=rows):
             if row < warmup:
                 cut = min(len(y), warmup - row)
@@ -380,10 +391,10 @@ def evaluate_file(path: str, label: str | None = None, config: EvalConfig | None
             if seen >= next_mask:
                 decide(seen)
                 next_mask += cfg.mask_every
-            if progress:
-                _bar("evaluate", row, rows)
-        if progress:
-            print(file=sys.stderr)
+            bar.n = row
+            bar.refresh()
+        bar.n = rows
+        bar.close()
     result = _result(path, cfg, names, rows, warmup, evaluated, positives, dict(skipped), mi, models, subsets,
                      runs, rankings, ground_truth,
                      {"read_s": t_read, "total_s": time.perf_counter() - t0})
@@ -476,14 +487,24 @@ def _truth_check(result: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any
     return out
 
 
-def _bar(stage: str, done: int, total: int | None) -> None:
-    if total:
-        share = min(done / total, 1.0)
-        filled = int(share * 30)
-        print(f"\r{stage} [{'#' * filled}{'.' * (30 - filled)}] {share:5.1%} {done:,}/{total:,} rows",
-              end="", file=sys.stderr, flush=True)
-    else:
-        print(f"\r{stage} {done:,} rows", end="", file=sys.stderr, flush=True)
+def _bar(stage: str, total: int, enabled: bool, unit: str) -> Any:
+    """A progress bar on stderr (total, rate, ETA); a silent one when not ``enabled``."""
+    from connectors.progress import bar
+
+    return bar(total, stage, unit, enabled)
+
+
+def _check_read(path: str, fmt: str, rows: int, skipped: Counter[str]) -> None:
+    """Fail loudly when the file gave nothing to evaluate, or a label column that is not 0/1."""
+    from connectors.tabular import MAX_BAD_LABEL_SHARE
+
+    bad = skipped.get("bad_label", 0)
+    if fmt == "csv" and bad > MAX_BAD_LABEL_SHARE * (rows + bad):
+        raise EvaluationError(f"the label column of {path} is not a 0/1 column: {bad:,} of {rows + bad:,} rows "
+                              "have another value (allowed: 0 1 true false)")
+    if rows == 0 and skipped.total():
+        reasons = ", ".join(f"{n:,} {r}" for r, n in skipped.most_common(3))
+        raise EvaluationError(f"no example could be read from {path} ({reasons})")
 
 
 # ------------------------------------------------------------------ outputs
@@ -584,6 +605,7 @@ def report(result: dict[str, Any], plot_name: str) -> str:
 
 def evaluate_command(args: Any, settings: Any) -> int:
     """CLI entry: parse the evaluate flags, run, write the outputs, print where they are."""
+    from daemon.cliparse import progress_wanted
     from daemon.settings_map import mi_config_from, policy_config_from
 
     try:
@@ -597,7 +619,10 @@ def evaluate_command(args: Any, settings: Any) -> int:
         methods = ("all", *methods)
     truth = None
     if args.ground_truth:
-        truth = orjson.loads(Path(args.ground_truth).read_bytes())
+        try:
+            truth = orjson.loads(Path(args.ground_truth).read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise EvaluationError(f"--ground-truth {args.ground_truth} is not JSON ({exc})") from None
     try:
         cfg = EvalConfig(
             ratios=ratios, methods=methods, seed=args.seed, batch_rows=args.batch_rows,
@@ -610,7 +635,8 @@ def evaluate_command(args: Any, settings: Any) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        result = evaluate_file(args.input, args.label, cfg, progress=sys.stderr.isatty(), ground_truth=truth)
+        result = evaluate_file(args.input, args.label, cfg, progress=progress_wanted(args), ground_truth=truth,
+                               fmt=args.input_format)
     except (EvaluationError, ValueError, FileNotFoundError) as exc:
         print(f"featsieve evaluate: {exc}", file=sys.stderr)
         return 2

@@ -95,6 +95,10 @@ class StopRequested(Exception):
     pass
 
 
+class DurationElapsed(Exception):
+    """``--duration`` ran out before the daemon could connect: it stops with exit code 2."""
+
+
 class _Rebalance(ConsumerRebalanceListener):
     """Revoked partitions are checkpointed before they go; assigned ones are sought to our offsets.
 
@@ -170,6 +174,7 @@ class Daemon:
         self.kafka_ok = False
         self._disconnected_since: float | None = None
         self._stop = False
+        self._started = self.clock()  # reset by run()
         self._closing = False  # the final checkpoint is written; close() must not write another
         self._signals = 0
         self.restored_position: PublishedPosition | None = None
@@ -380,6 +385,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_signal)
         self.events_seen_total = 0
         self._restored_gates = None
+        self._started = self.clock()  # --duration counts from here: connecting and restoring included
         restored_bytes = self._restore()
         if self.s.decode_process:
             if len(os.sched_getaffinity(0)) < 2:
@@ -391,6 +397,10 @@ class Daemon:
         except ConfigError:
             self._close()  # the decode worker and any client made so far
             raise
+        except DurationElapsed as exc:
+            log.error("%s", exc)
+            self._close()
+            return 2
         self._start_connection_watch()
         self._start_gates()
         # Every batch allocates thousands of feature dicts and the join holds tens of thousands:
@@ -403,7 +413,7 @@ class Daemon:
             self._offsets_text(), self.publisher.epoch if self.publisher else 0,
             self.publisher.version if self.publisher else 0,
         )
-        started = self.clock()
+        started = self._started
         reached_end = False
         try:
             while not self._stop:
@@ -465,8 +475,13 @@ class Daemon:
         """
         backoff = 1.0
         while not self._stop:
+            left = self._time_left()
+            if left is not None and left <= 0:
+                raise DurationElapsed(f"cannot connect to Kafka at {','.join(self.s.bootstrap)} within "
+                                      f"--duration {self.duration_s:g} s; stopping")
+            attempt_ms = CONNECT_TIMEOUT_MS if left is None else max(100, min(CONNECT_TIMEOUT_MS, int(left * 1000)))
             try:
-                admin = make_admin(self.endpoint, bootstrap_timeout_ms=CONNECT_TIMEOUT_MS)
+                admin = make_admin(self.endpoint, bootstrap_timeout_ms=attempt_ms)
                 try:
                     self._ensure_topics(admin)
                 finally:
@@ -500,7 +515,8 @@ class Daemon:
                     # join the group knowing the input partitions: a consumer that joins before
                     # their metadata is known (a broker just restarted, topics just created) is
                     # assigned nothing until its next metadata refresh
-                    wait_for_topics(self.consumer, self.s.input_topics, timeout_s=TOPIC_WAIT_S)
+                    wait_for_topics(self.consumer, self.s.input_topics,
+                                    timeout_s=TOPIC_WAIT_S if left is None else max(0.1, min(TOPIC_WAIT_S, left)))
                 except TimeoutError as exc:
                     log.warning("%s; subscribing anyway (their partitions are assigned when they appear)", exc)
                 subscribe(self.consumer, self.s.input_topics, listener=_Rebalance(self))
@@ -550,9 +566,16 @@ class Daemon:
             log.info("created topics %s (replication factor %s)", ",".join(created),
                      "broker default" if s.topic_replication_factor < 0 else s.topic_replication_factor)
 
+    def _time_left(self) -> float | None:
+        """Seconds left of ``--duration`` (None without one)."""
+        if self.duration_s is None:
+            return None
+        return self.duration_s - (self.clock() - self._started)
+
     def _sleep(self, seconds: float) -> None:
-        """Sleep, waking early when a stop is requested."""
-        deadline = time.monotonic() + seconds
+        """Sleep, waking early when a stop is requested or ``--duration`` runs out."""
+        left = self._time_left()
+        deadline = time.monotonic() + (seconds if left is None else min(seconds, max(left, 0.0)))
         while not self._stop and time.monotonic() < deadline:
             time.sleep(min(0.2, deadline - time.monotonic()))
 

@@ -6,6 +6,7 @@ import logging
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from daemon.cliparse import UserError
 from daemon.config import Settings
 from daemon.http import HealthServer
 from daemon.runloop import Daemon
@@ -31,8 +32,12 @@ def serve(
         # read at scrape time, like /readyz: Prometheus scrapes /metrics only, so a gauge set by
         # /readyz requests would stay at 0 (and FeatsieveNotReady would fire) wherever nothing probes it
         daemon.metrics.ready.set_function(lambda: 1.0 if daemon.readiness()[0] else 0.0)
-        server = HealthServer(registry, daemon.readiness, host=settings.metrics_addr,
-                              port=settings.metrics_port).start()
+        try:
+            server = HealthServer(registry, daemon.readiness, host=settings.metrics_addr,
+                                  port=settings.metrics_port).start()
+        except OSError as exc:  # port taken, address not ours: the operator's to fix
+            raise UserError(f"invalid setting metrics_port/metrics_addr: cannot listen on "
+                            f"{settings.metrics_addr}:{settings.metrics_port} ({exc.strerror or exc})") from None
         log.info("metrics and health on http://%s:%d/metrics", settings.metrics_addr, server.port)
     try:
         return daemon.run()

@@ -8,8 +8,9 @@ online:
 * **bounded memory**: per field and event-time block, a :class:`FieldCounts`
   of at most ``max_values + tail_buckets`` categories; ``blocks`` blocks of
   ``block_ms`` are kept (older evidence expires as event time passes), so
-  memory is ``fields x blocks x (max_values + tail_buckets) x 24 bytes`` at
-  most, whatever the stream length or cardinality;
+  memory is ``fields x blocks x ((max_values + tail_buckets) x 24 bytes +
+  16 KiB)`` at most (the 16 KiB: the distinct-count sketch of a hashed field,
+  models/fieldcounts.py), whatever the stream length or cardinality;
 * **exactly mergeable**: the state of any partition of the stream, merged,
   equals the state of one pass over all of it (shards, instances, restarts);
 * **significance**: every score comes with ``z`` = (MI - E) / sd of the null;
@@ -82,10 +83,11 @@ class FieldScore:
     z: float  # (mi - expected) / sd of the null
     examples: int
     positives: int
-    cardinality: int  # distinct values (estimated above max_values)
+    cardinality: int  # distinct values (a HyperLogLog estimate above max_values: see ``estimated``)
     entropy: float
     redundant_with: str | None = None
     sd: float = 0.0  # sd of the plug-in MI under the null: the noise scale of ``score``
+    estimated: bool = False  # cardinality is an estimate (the field has more than max_values values)
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,9 @@ class MIState:
         self.newest_block: int | None = None
         self.expired_examples = 0
 
-    def _new_counts(self) -> FieldCounts:
-        return FieldCounts(self.config.max_values, self.config.tail_buckets)
+    def _new_counts(self, distinct: bool = True) -> FieldCounts:
+        """Counts of a field (with a distinct-count sketch) or of a pair (``distinct=False``: none kept)."""
+        return FieldCounts(self.config.max_values, self.config.tail_buckets, distinct)
 
     def _block_ids(self, ts: np.ndarray) -> np.ndarray:
         if self.config.block_ms == 0:
@@ -216,7 +219,7 @@ class MIState:
                         continue
                     table = pair_tables.get(pair)
                     if table is None:
-                        table = pair_tables[pair] = self._new_counts()
+                        table = pair_tables[pair] = self._new_counts(distinct=False)
                     table.update(pair_hash(h[:, ja], h[:, jb]), y)
 
     def advance(self, watermark_ms: int | None) -> None:
@@ -323,6 +326,7 @@ class MIState:
             name=name, score=score, mi=mi, expected=expected, z=z,
             examples=int(table.sum()), positives=int(table[:, 1].sum()),
             cardinality=counts.distinct_estimate(), entropy=entropy(table.sum(axis=1)), sd=sd,
+            estimated=counts.distinct_estimated,
         )
 
     def scores(self, with_pairs: bool = True) -> list[FieldScore]:

@@ -39,7 +39,7 @@ def _field_tables(state: MIState) -> dict[tuple[int, str], tuple[object, ...]]:
     for block, fields in state.blocks.items():
         for name, counts in fields.items():
             keys = None if counts.keys is None else counts.keys.tobytes()
-            out[(block, name)] = (keys, counts.counts.tobytes(), counts.kmv.tobytes())
+            out[(block, name)] = (keys, counts.counts.tobytes(), None if counts.sketch is None else counts.sketch.tobytes())
     return out
 
 
