@@ -77,8 +77,11 @@ class LiveGauges(Collector):
         checkpoint_time: Callable[[], float | None],
         mask_time: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
+        watermark: Callable[[], int | None] = lambda: None,
+        dead_letters_waiting: Callable[[], int] = lambda: 0,
     ) -> None:
         self._lag, self._join, self._ckpt, self._mask, self._clock = lag, join_buffer, checkpoint_time, mask_time, clock
+        self._watermark, self._dlq_waiting = watermark, dead_letters_waiting
 
     def describe(self) -> list[Any]:
         return []
@@ -95,6 +98,16 @@ class LiveGauges(Collector):
         yield seconds
         yield GaugeMetricFamily("featsieve_join_buffer_impressions", "Impressions waiting for a click or expiry", value=self._join())
         now = self._clock()
+        wm = self._watermark()
+        yield GaugeMetricFamily(
+            "featsieve_event_time_lag_seconds",
+            "Wall clock minus the event-time watermark (the lowest of the shards held); negative: the watermark is ahead",
+            value=(now - wm / 1000.0) if wm is not None else float("nan"),
+        )
+        yield GaugeMetricFamily(
+            "featsieve_dead_letters_waiting", "Dead letters not yet acknowledged by the broker (consumption is paused while > 0)",
+            value=self._dlq_waiting(),
+        )
         for name, getter, text in (
             ("featsieve_checkpoint_age_seconds", self._ckpt, "Seconds since the last checkpoint"),
             ("featsieve_mask_age_seconds", self._mask, "Seconds since the last mask publish"),
