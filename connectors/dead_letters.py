@@ -109,7 +109,7 @@ class DeadLetterQueue:
         topic: str,
         max_letter_bytes: int = DEFAULT_MAX_LETTER_BYTES,
         retry_backoff_s: float = 0.5,
-        max_backoff_s: float = 30.0,
+        max_backoff_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topic = topic
@@ -243,8 +243,10 @@ class DeadLetterQueue:
         exc = self.last_error
         if exc is None:
             return "not acknowledged yet"
-        text = str(exc)
-        return type(exc).__name__ + (f": {text[:200]}" if text else "")
+        name, text = type(exc).__name__, str(exc)
+        if text.startswith(name):  # kafka-python's errors name themselves
+            text = text[len(name):].lstrip(": ")
+        return name + (f": {text[:200]}" if text else "")
 
     def _renew_producer(self) -> None:
         try:
