@@ -59,6 +59,8 @@ METRIC_NAMES = frozenset(
         "featsieve_rebalances_total",
         "featsieve_ready",
         "featsieve_examples_total",
+        "featsieve_event_time_lag_seconds",
+        "featsieve_dead_letters_waiting",
     }
 )
 HISTOGRAMS = frozenset(
