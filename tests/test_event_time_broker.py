@@ -20,7 +20,7 @@ import pytest
 from connectors.codec import Click, Impression, encode
 from connectors.kafka_io import KafkaEndpoint, make_producer
 from connectors.synthetic import GeneratorConfig, generate
-from models.mi import MIState
+from models.mi import MIState, merge_held_back
 from tests.conftest import BIN, ROOT, free_port, http_get
 from tests.test_bad_input import _read_headers
 from tests.test_crash import final_state
@@ -70,16 +70,12 @@ def run_to_end(bootstrap: str, prefix: str, name: str, state: Path, *extra: str)
 def summary(state: Path) -> dict[str, Any]:
     snap = final_state(state)
     counters: dict[str, int] = {}
-    total = None
+    states = []
     for sh in snap["shards"]:
         for k, v in sh["join"]["counters"].items():
             counters[k] = counters.get(k, 0) + v
-        mi = MIState.restore(sh["mi"])
-        if total is None:
-            total = mi
-        else:
-            total.merge(mi)
-    assert total is not None
+        states.append(MIState.restore(sh["mi"]))
+    total = merge_held_back(states, states[0].config)
     return {"counters": counters, "examples": total.examples(), "events_seen": snap["events_seen"],
             "watermark": min(sh["join"]["watermark"] for sh in snap["shards"])}
 
@@ -219,3 +215,38 @@ def test_readyz_fails_while_a_watermark_is_ahead_of_the_wall_clock(bootstrap: st
         proc.terminate()
         _, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err[-3000:]
+
+
+def test_a_shard_far_ahead_does_not_expire_the_global_merge(bootstrap: str, unique: str, tmp_path: Path) -> None:
+    """Two shards: partition 0 replays 2023, partition 1 is live. The plain merge took the newest
+    MI block of all shards and so expired all of partition 0's evidence from the global MI (the
+    issue's "26 392 examples to 25"); the published mask must count both shards' examples."""
+    from kafka.admin import NewTopic
+
+    from connectors.kafka_io import make_admin
+    from tests.test_crash import last_mask
+
+    endpoint = KafkaEndpoint(bootstrap=(bootstrap,))
+    admin = make_admin(endpoint)
+    try:
+        admin.create_topics([NewTopic(f"{unique}.{t}", 2, 1) for t in ("impressions", "clicks")])
+    finally:
+        admin.close()
+    old = stream(35, 3000)
+    now = int(time.time() * 1000)
+    live = list(generate(GeneratorConfig(seed=36, n_impressions=1500, preset="small", event_rate=1,
+                                         start_ms=now - 3 * HOUR_MS)))
+    producer = make_producer(endpoint)
+    for partition, events in ((0, old), (1, live)):
+        for ev in events:
+            topic = f"{unique}.clicks" if isinstance(ev, Click) else f"{unique}.impressions"
+            producer.send(topic, key=ev.id.encode(), value=encode(ev), partition=partition)
+    producer.flush()
+    producer.close()
+    result = run_to_end(bootstrap, unique, "two", tmp_path / "two")
+    snap = final_state(tmp_path / "two")
+    per_shard = {sh["shard"]: MIState.restore(sh["mi"]).examples() for sh in snap["shards"]}
+    assert per_shard[0] > 500 and per_shard[1] > 20, per_shard
+    assert result["examples"] == per_shard[0] + per_shard[1]
+    mask = last_mask(bootstrap, f"{unique}.masks", f"{unique}-two")
+    assert max(f["examples"] for f in mask["fields"].values()) == per_shard[0] + per_shard[1], mask["fields"]
