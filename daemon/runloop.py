@@ -281,6 +281,7 @@ class Daemon:
                 if tp.partition not in kept:
                     self.shards.pop(tp.partition, None)
         log.info("partitions revoked: %s", _tp_list(revoked))
+        self._note_event_time()
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._rebalance_count += 1
