@@ -46,7 +46,9 @@ event, a shard's first included:
   ``quorum`` events of the sparsest source span (clicks at 0.2/s per shard
   and a quorum of 32: 160 s), on top of ``lateness_ms``.
 * *no jumps*: an event more than ``max_future_ms`` ahead of the shard's
-  *frontier* (the largest source mark, so itself robust) is rejected as
+  *frontier* (the largest mark of a source that has had ``2 * quorum - 1``
+  events accepted, so robust to outliers on both sides: a stale event among
+  a source's first ones cannot make it the bound) is rejected as
   ``ts_out_of_range``: each accepted outlier is at most ``max_future_ms``
   ahead, so it leaves the top ``quorum`` once real time passes it, and a
   ratchet (each event a little beyond the previous) is rejected from its
@@ -164,6 +166,8 @@ class JoinBuffer:
         self._n_clicks = 0
         # per source, a min-heap of the ``quorum`` largest ts it sent; its head is the source's mark
         self._source_top: dict[Source, list[int]] = {s: [] for s in sources}
+        # per source, how many events it has had accepted (for when its mark may bound others)
+        self._source_count: dict[Source, int] = {s: 0 for s in sources}
         self._watermark: int | None = None
         self._c = dict.fromkeys(_COUNTERS, 0)
 
@@ -171,10 +175,12 @@ class JoinBuffer:
     def add_source(self, source: Source) -> None:
         """Register a source; until it sends data it holds the watermark where it is."""
         self._source_top.setdefault(source, [])
+        self._source_count.setdefault(source, 0)
 
     def forget_source(self, source: Source) -> None:
         """Drop a (revoked) source from the watermark. The watermark never moves back."""
         self._source_top.pop(source, None)
+        self._source_count.pop(source, None)
         self._update_watermark()
 
     def set_event_time_bounds(self, quorum: int, max_clock_skew_ms: int | None) -> None:
@@ -194,11 +200,19 @@ class JoinBuffer:
         return {s: (top[0] if top else None) for s, top in self._source_top.items()}
 
     @property
+    def _established(self) -> int:
+        """Accepted events after which a source's mark bounds what is too far ahead: 2k-1, so that
+        a stale event (ts 0, say) among a source's first ones can be its mark only if k of them
+        are as stale; otherwise the bound would sit at 1970 and reject everything after it."""
+        return 2 * self.quorum - 1
+
+    @property
     def frontier_ms(self) -> int | None:
-        """The largest mark of a source that has sent ``quorum`` events: how far this shard's
-        event time has credibly got (None before any source has)."""
-        k = self.quorum
-        marks = [top[0] for top in self._source_top.values() if len(top) >= k]
+        """The largest mark of a source that has had ``2 * quorum - 1`` events accepted: how far
+        this shard's event time has credibly got (None before any source has)."""
+        n = self._established
+        counts = self._source_count
+        marks = [top[0] for s, top in self._source_top.items() if top and counts.get(s, 0) >= n]
         return max(marks) if marks else None
 
     @property
@@ -241,12 +255,15 @@ class JoinBuffer:
         too_old = -(2**63) if wm is None else wm - self.window_ms
         frontier = self.frontier_ms
         ahead = self.max_future_ms
-        too_new = (2**63) if frontier is None else frontier + ahead
+        unbounded = 2**63
+        too_new = unbounded if frontier is None else frontier + ahead
         if now_ms is not None and self.max_clock_skew_ms is not None:
             clock_limit = int(now_ms) + self.max_clock_skew_ms
         else:
             clock_limit = 2**63
         top = self._source_top.setdefault(source, [])
+        count = self._source_count.get(source, 0)
+        established = self._established
         k = self.quorum
         head = top[0] if len(top) >= k else None  # a new ts enters the top k only above this
         for i, ev in enumerate(events):
@@ -263,17 +280,16 @@ class JoinBuffer:
                 c["too_far_ahead"] += 1
                 rejected.append((i, REJECT_REASON, TOO_FAR_AHEAD))
                 continue
+            count += 1
             if head is None:
                 heappush(top, ts)
                 if len(top) >= k:
                     head = top[0]
-                    if too_new == 2**63 or head + ahead > too_new:
-                        too_new = head + ahead
             elif ts > head:
                 heapreplace(top, ts)
                 head = top[0]
-                if head + ahead > too_new:  # the mark rose: so does the bound (never from < k events)
-                    too_new = head + ahead
+            if head is not None and count >= established and (too_new == unbounded or head + ahead > too_new):
+                too_new = head + ahead  # the mark rose (or the source is now established): so does the bound
             kind = type(ev)
             if kind is Impression:
                 self._impression(ev, out)  # type: ignore[arg-type]
@@ -284,6 +300,7 @@ class JoinBuffer:
                 out.append(Example(ts, ev.features, label))  # type: ignore[arg-type]
                 c["labeled"] += 1
                 c["positives" if label else "negatives"] += 1
+        self._source_count[source] = count
         self._update_watermark()
         res.orphans = c["orphan_clicks"] - orphans0
         res.duplicates = c["duplicate_clicks"] - dups0
@@ -458,7 +475,7 @@ class JoinBuffer:
             },
             "impressions": [[i, t, f] for i, (t, f) in self._imps.items()],
             "clicks": [[i, list(cts)] for i, cts in self._clicks.items()],
-            "sources": [[s, sorted(top)] for s, top in self._source_top.items()],
+            "sources": [[s, sorted(top), self._source_count.get(s, 0)] for s, top in self._source_top.items()],
             "watermark": self._watermark,
             "counters": dict(self._c),
         }
@@ -480,11 +497,15 @@ class JoinBuffer:
         heapify(buf._click_heap)
         buf._n_clicks = sum(len(cts) for cts in buf._clicks.values())
         tops: dict[Source, list[int]] = {}
-        for s, m in snap["sources"]:
+        counts: dict[Source, int] = {}
+        for s, m, *rest in snap["sources"]:
             if fmt == 1:  # the largest ts only: a mark of one event (a sorted list is a heap)
                 m = [] if m is None else [int(m)]
-            tops[tuple(s) if isinstance(s, list) else s] = [int(t) for t in m]
+            key = tuple(s) if isinstance(s, list) else s
+            tops[key] = [int(t) for t in m]
+            counts[key] = int(rest[0]) if rest else len(m)
         buf._source_top = tops
+        buf._source_count = counts
         buf._watermark = snap["watermark"]
         buf._c.update(snap["counters"])
         return buf

@@ -400,6 +400,16 @@ def test_the_first_quorum_events_do_not_set_a_frontier_from_an_outlier() -> None
     assert b.frontier_ms is not None and b.frontier_ms < T0 + 200_000
 
 
+def test_a_stale_event_among_a_sources_first_does_not_brick_it() -> None:
+    """A record from 1970 among a partition's first: were it the frontier, every later event
+    would be "too far ahead" of it for ever."""
+    b = robust()
+    imps, clicks = stream(T0, 3000, "a")
+    out, rejected = feed(b, [Impression("stale", 1000, {})] + imps, [Click("stale", 1000)] + clicks)
+    assert rejected == [0, 0]
+    assert len(out) > 1000 and sum(ex.label for ex in out) == 301
+
+
 def test_a_backfill_of_days_is_accepted_at_any_speed() -> None:
     b = robust()
     # three days of history, one impression every 10 s, read in one go (event time runs ~1e6 x the wall clock)
@@ -418,7 +428,8 @@ def test_robust_marks_survive_a_snapshot_and_an_old_format_restores() -> None:
     r = JoinBuffer.restore(snap)
     assert r.source_marks() == b.source_marks() and r.watermark_ms == b.watermark_ms
     assert (r.quorum, r.max_clock_skew_ms) == (32, 300_000)
-    old = dict(snap, format=1, sources=[[s, (max(m) if m else None)] for s, m in snap["sources"]])
+    assert [n for _, _, n in snap["sources"]] == [500, 50]
+    old = dict(snap, format=1, sources=[[s, (max(m) if m else None)] for s, m, _ in snap["sources"]])
     old["config"] = {k: v for k, v in snap["config"].items() if k not in ("quorum", "max_clock_skew_ms")}
     r1 = JoinBuffer.restore(old)
-    assert r1.source_marks() == {tuple(s): max(m) for s, m in snap["sources"]}
+    assert r1.source_marks() == {tuple(s): max(m) for s, m, _ in snap["sources"]}
