@@ -369,10 +369,7 @@ class Daemon:
                     now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
                     or self.events_since_checkpoint >= self.s.checkpoint_interval_events
                 ) and self._deliver_dead_letters():
-                    with self.state_lock:
-                        # an asynchronous commit: a synchronous one would wait for the I/O thread,
-                        # which may be waiting for this lock in a rebalance callback
-                        self.checkpoint(reason="interval", sync_commit=False)
+                    self._interval_checkpoint()
                 if self.max_events is not None and self.events_seen >= self.max_events:
                     break
                 if self.duration_s is not None and now - started >= self.duration_s:
@@ -996,14 +993,41 @@ class Daemon:
                     self.metrics.online_logloss.labels(model).set(m[key])
 
     # ------------------------------------------------------------ checkpoint
-    def checkpoint(self, reason: str, sync_commit: bool = True) -> int:
+    def _interval_checkpoint(self) -> None:
+        """The loop's periodic checkpoint, waiting on the network only without the state lock.
+
+        In group mode the shard states are queued to the stats topic under the lock (they are
+        serialised there), confirmed without it, then the snapshot is written under it again. The
+        loop is the only thread that changes shard state outside rebalance callbacks, so what the
+        snapshot holds is what was published (or newer, from a callback's own checkpoint).
+        """
+        if self.coordinator is not None:
+            with self.state_lock:
+                if self.dlq is not None and self.dlq.pending:
+                    return
+                self.metrics.stats_bytes.inc(self.coordinator.publish_shards(self.owned_shards(), self.interner.fields))
+                self.coordinator.publish_gates(self.own_gate_report())
+            try:
+                self.coordinator.flush()
+            except KafkaError as exc:
+                self.metrics.kafka_errors.labels(type(exc).__name__).inc()
+                log.warning("shard states not confirmed by the stats topic (%s): checkpoint skipped, "
+                            "tried again at the next interval", exc)
+                self.last_checkpoint_mono = self.clock()
+                return
+        with self.state_lock:
+            # an asynchronous commit: a synchronous one would wait for the I/O thread,
+            # which may be waiting for this lock in a rebalance callback
+            self.checkpoint(reason="interval", sync_commit=False, stats_published=True)
+
+    def checkpoint(self, reason: str, sync_commit: bool = True, stats_published: bool = False) -> int:
         """Flush → snapshot → commit. Returns the snapshot's size in bytes (0: skipped, because
         dead letters still wait: the snapshot's offsets would pass them)."""
         if self.dlq is not None and self.dlq.pending:
             log.info("checkpoint (%s) deferred: %d dead letters not delivered yet", reason, self.dlq.pending)
             return 0
         t0 = time.perf_counter()
-        if self.coordinator is not None:
+        if self.coordinator is not None and not stats_published:
             self.metrics.stats_bytes.inc(self.coordinator.publish_shards(self.owned_shards(), self.interner.fields))
             self.coordinator.publish_gates(self.own_gate_report())
             self.coordinator.flush()
