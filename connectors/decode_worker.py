@@ -53,6 +53,7 @@ from models.interning import MISSING, Interner
 log = logging.getLogger("featsieve.decode")
 
 _IMP, _CLICK, _LABELED = 0, 1, 2
+KIND_CLICK = _CLICK  # WireBatch.kinds of a click (the only events without a row)
 ROW_DTYPE = np.dtype("<u8")
 
 
@@ -85,10 +86,13 @@ def decode_wire(raws: Sequence[bytes | None], limits: Limits, interner: Interner
     labels: list[int] = []
     bad: list[tuple[int, str, str]] = []
     blocks: list[np.ndarray] = []
+    extras: list[tuple[int, str, int]] = []
+    last_seen: list[int] = []
     for start in range(0, len(raws), CHUNK):
         events, chunk_bad = decode_many(raws[start : start + CHUNK], limits)
         bad += [(start + i, err.reason, err.detail) for i, err in chunk_bad]
         features: list[Any] = []
+        first = len(kinds)  # the chunk's first event's index in the batch
         for ev in events:
             ts.append(ev.ts)
             kind = ev.__class__
@@ -104,13 +108,39 @@ def decode_wire(raws: Sequence[bytes | None], limits: Limits, interner: Interner
                 labels.append(ev.label)  # type: ignore[union-attr]
                 features.append(ev.features)
         if features:
-            blocks.append(interner.encode(features).hashes)
+            if not interner.admit_new:
+                interner.unadmitted = []
+            block = interner.encode(features).hashes
+            blocks.append(block)
+            if interner.unadmitted is not None:
+                # the daemon's own bookkeeping (admission, stale columns) wants event indices
+                with_features = [i for i in range(first, len(kinds)) if kinds[i] != _CLICK]
+                if interner.unadmitted:
+                    extras += [(with_features[r], name, h) for name, rows, hashes in interner.unadmitted
+                               for r, h in zip(rows.tolist(), hashes.tolist(), strict=True)]
+                _last_present(block, with_features, last_seen)
+            interner.unadmitted = None
         # free this chunk's dicts before the next is decoded: its memory is then reused while
         # still in cache (keeping two chunks alive cost ~10% of the whole)
         del events, features
     width = len(interner.fields)
     rows = b"".join(_widen(block, width).astype(ROW_DTYPE, copy=False).tobytes() for block in blocks)
-    return WireBatch(bytes(kinds), ids, ts, labels, rows, width, bad)
+    extras.sort()
+    return WireBatch(bytes(kinds), ids, ts, labels, rows, width, bad, extras=extras, last_seen=last_seen)
+
+
+def _last_present(block: np.ndarray, events: list[int], last_seen: list[int]) -> None:
+    """For each column of ``block`` (rows: the events numbered ``events``) with a value in some
+    row, set ``last_seen[col]`` to the last such event's number (-1: none in the batch)."""
+    present = block != MISSING
+    if not present.size:
+        return
+    last = present.shape[0] - 1 - np.argmax(present[::-1], axis=0)
+    any_col = present.any(axis=0)
+    while len(last_seen) < block.shape[1]:
+        last_seen.append(-1)
+    for col in np.flatnonzero(any_col).tolist():
+        last_seen[col] = events[int(last[col])]
 
 
 def _widen(hashes: np.ndarray, width: int) -> np.ndarray:
@@ -155,6 +185,21 @@ def remap_rows(rows: Sequence[bytes], cols: Sequence[int | None], width: int) ->
     return out
 
 
+_MISSING_BYTES = np.array([MISSING], ROW_DTYPE).tobytes()
+
+
+def blank_column(rows: Sequence[bytes], col: int) -> list[bytes]:
+    """Rows with column ``col`` read as missing (a reclaimed column's old values)."""
+    at = 8 * col
+    return [r[:at] + _MISSING_BYTES + r[at + 8 :] if len(r) > at else r for r in rows]
+
+
+def column_value(row: bytes, col: int) -> int:
+    """The hash in column ``col`` of a row (MISSING past its end)."""
+    at = 8 * col
+    return int.from_bytes(row[at : at + 8], "little") if len(row) > at else MISSING
+
+
 @dataclass
 class WireBatch:
     """A decoded batch in columns, for the way back: written to shared memory by :func:`write_wire`
@@ -169,6 +214,10 @@ class WireBatch:
     width: int
     bad: list[tuple[int, str, str]]
     journal: list[tuple[Any, ...]] = field(default_factory=list)
+    # with admit_new off: (event index, name, hash), sorted, the values of names without a column,
+    # and per column the index of the batch's last event holding a value (-1: none)
+    extras: list[tuple[int, str, int]] = field(default_factory=list)
+    last_seen: list[int] = field(default_factory=list)
 
 
 def from_wire(batch: WireBatch) -> tuple[list[Event], list[tuple[int, EventError]]]:
@@ -292,11 +341,12 @@ def write_wire(batch: WireBatch, region: Region) -> tuple[Any, ...]:
     at = region.write(at, bytes(batch.labels))
     region.write(at, text)
     return (n, batch.width, len(batch.rows), len(batch.labels), len(batch.ids),
-            len(text) if ids_inline is None else ids_inline, batch.bad, batch.journal)
+            len(text) if ids_inline is None else ids_inline, batch.bad, batch.journal, batch.extras,
+            batch.last_seen)
 
 
 def read_wire(meta: tuple[Any, ...], region: Region) -> WireBatch:
-    n, width, rows_len, n_labels, n_ids, ids, bad, journal = meta
+    n, width, rows_len, n_labels, n_ids, ids, bad, journal, extras, last_seen = meta
     rows = region.read(0, rows_len)
     at = rows_len
     ts = np.frombuffer(region.read(at, 8 * n), np.int64).tolist()
@@ -307,7 +357,7 @@ def read_wire(meta: tuple[Any, ...], region: Region) -> WireBatch:
     at += n_labels
     if isinstance(ids, int):
         ids = region.read(at, ids).decode("utf-8", "surrogatepass").split("\0") if n_ids else []
-    return WireBatch(kinds, ids, ts, labels, rows, width, bad, journal)
+    return WireBatch(kinds, ids, ts, labels, rows, width, bad, journal, extras, last_seen)
 
 
 # ------------------------------------------------------------------ the worker process
@@ -352,7 +402,10 @@ def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the child
         item = pickle.loads(head)
         if item is None:
             return
-        interner.admit(item[1])  # ("admit", names): the daemon gave these names columns
+        if item[0] == "release":  # ("release", col): the daemon reclaimed that column
+            interner.release(item[1])
+        else:
+            interner.admit(item[1])  # ("admit", names): the daemon gave these names columns
         interner.take_journal()
 
 
@@ -414,10 +467,19 @@ class DecodeWorker:
         self._submitted += 1
 
     def admit(self, names: list[str]) -> None:
-        """Give ``names`` columns in the replica too, after the batches already submitted (the
-        daemon's interner must admit them at the same point: call this with nothing in flight)."""
+        """Give ``names`` columns in the replica too, after the batches already submitted. The
+        daemon's interner admits them first, in the same order, so both give the same columns;
+        batches in flight were hashed without them and report their values in ``extras``."""
         try:
             self._conn.send(("admit", list(names)))
+        except (BrokenPipeError, OSError) as exc:
+            raise DecodeWorkerError(f"decode worker gone ({exc})") from exc
+
+    def release(self, col: int) -> None:
+        """Reclaim column ``col`` in the replica too, after the batches already submitted (their
+        rows still hold the old field's values there: the daemon reads them as that field's)."""
+        try:
+            self._conn.send(("release", int(col)))
         except (BrokenPipeError, OSError) as exc:
             raise DecodeWorkerError(f"decode worker gone ({exc})") from exc
 
@@ -430,6 +492,11 @@ class DecodeWorker:
 
     def collect(self) -> tuple[list[Event], list[tuple[int, EventError]], int]:
         """The oldest batch in flight, decoded; the daemon's interner is advanced to match it."""
+        events, bad, batch = self.collect_wire()
+        return events, bad, batch.width
+
+    def collect_wire(self) -> tuple[list[Event], list[tuple[int, EventError]], WireBatch]:
+        """:meth:`collect`, with the batch itself (its ``extras``: values of names without a column)."""
         try:
             status, payload = self._conn.recv()
         except (EOFError, OSError) as exc:
@@ -441,7 +508,7 @@ class DecodeWorker:
         batch = read_wire(payload, self._outputs[slot])
         self.interner.replay(batch.journal)
         events, bad = from_wire(batch)
-        return events, bad, batch.width
+        return events, bad, batch
 
     def close(self, timeout_s: float = 5.0) -> None:
         with contextlib.suppress(BrokenPipeError, OSError):

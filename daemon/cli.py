@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from daemon.baked import StateRefused
 from daemon.config import ConfigError, add_setting_flags, load_settings
 from daemon.logs import register_secret, setup_logging
 
@@ -31,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="consume every assigned partition up to its end offset at start, publish, checkpoint, exit 0")
     run.add_argument("--max-events", type=int, default=None, help="stop after exactly N input events in this process (a later run reads the rest)")
     run.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    run.add_argument("--reset-state", action="store_true",
+                     help="move the state directory's snapshots aside (never deleted) and start from empty state; "
+                          "needed when no snapshot is readable, one comes from a newer build, or a setting "
+                          "baked into the state changed (docs/internals.md)")
     add_setting_flags(run)
 
     gen = sub.add_parser("generate", help="synthetic impression/click stream with a ground-truth file")
@@ -129,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from daemon.serve import serve
 
-            return serve(settings, exit_at_end=args.exit_at_end, max_events=args.max_events, duration_s=args.duration)
+            return serve(settings, exit_at_end=args.exit_at_end, max_events=args.max_events, duration_s=args.duration,
+                         reset_state=args.reset_state)
         if args.command == "generate":
             from daemon.generate import generate_command
 
@@ -155,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ClientPropertyError as exc:  # a client of generate, masks ... refused a property's value
         print(f"featsieve: invalid setting kafka_client_properties: {exc}", file=sys.stderr)
+        return 2
+    except StateRefused as exc:
+        print(f"featsieve: refusing to start: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         log.info("interrupted")

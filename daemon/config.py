@@ -150,6 +150,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_clock_skew_s", "float", 300.0, "events more than this far ahead of the wall clock are dead-lettered (ts_ahead_of_clock), a shard's first event included; /readyz fails while a watermark is further ahead", minimum=0, maximum=7 * 86400),
     S("watermark_quorum", "int", 32, "a source's event time counts for the watermark only once this many of its events reached it (its k-th largest timestamp): fewer outliers cannot move the watermark", minimum=1, maximum=10_000),
     S("max_pending_impressions", "int", 2_000_000, "bound of the join buffer (oldest emitted early as negatives)", minimum=1000),
+    S("max_pending_bytes", "int", 1 << 30, "bound of the join buffer in bytes per shard: the waiting impressions' rows plus a fixed cost each (oldest emitted early as negatives; docs/internals.md)", minimum=1 << 16),
     S("checkpoint_interval_s", "float", 30.0, "wall-clock seconds between checkpoints", minimum=0.1),
     S("checkpoint_interval_events", "int", 500_000, "input events between checkpoints", minimum=1),
     S("keep_snapshots", "int", 3, "checkpoints kept on disk (older ones pruned)", minimum=2, maximum=100),
@@ -178,6 +179,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_pairs", "int", 96, "pairs counted at once online: the top fields' pairs, found interactions, and a slice of all pairs rotating by MI block (docs/estimator.md)", minimum=0, maximum=4096),
     S("pair_budget", "int", 2016, "offline (score --pairs, evaluate): score every pair while there are at most this many (2016: 64 fields)", minimum=0, maximum=1 << 20),
     S("max_fields", "int", 256, "distinct fields tracked (more are counted and ignored)", minimum=1, maximum=4096),
+    S("field_admit_min_events", "int", 20, "accepted events a field name must be seen in before it gets a column (rarer names are counted, never tracked; docs/internals.md)", minimum=1, maximum=1_000_000),
+    S("field_reclaim_events", "int", 1_000_000, "a tracked field seen in fewer than field_admit_min_events of the last this many accepted events loses its column, evidence and gate state (0: never)", minimum=0),
     # policy
     S("policy_mode", "choice", "budget", "budget: drop fields only while what they are worth, with confidence, fits drop_budget; mi, gates, both, either: threshold votes (docs/policy.md)", choices=("budget", "mi", "gates", "both", "either")),
     S("drop_budget", "float", 0.001, "mode budget: AUC points the dropped fields together may cost, with confidence drop_confidence_z (docs/policy.md)", minimum=0, maximum=1),

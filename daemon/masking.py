@@ -24,7 +24,7 @@ from connectors.mask_message import (
 from daemon.config import Settings
 from daemon.settings_map import policy_config_from
 from models.evidence import FieldEvidence, GateEvidence, build_evidence
-from models.interning import Interner
+from models.interning import HOLE, Interner
 from models.mi import MIState
 from models.policy import MaskPolicy
 
@@ -132,14 +132,14 @@ def named_gate_report(report: dict[str, Any] | None, interner: Interner) -> dict
     fields = interner.fields
     closed: dict[str, list[ClosedValue]] = {}
     for col, hashes in (report.get("closed_values") or {}).items():
-        if int(col) < len(fields) and hashes:
+        if int(col) < len(fields) and hashes and fields[int(col)] != HOLE:
             values = typed_closed_values(interner.values_of(int(col), list(hashes)))
             if values:
                 closed[fields[int(col)]] = values
     metrics = dict(report.get("metrics") or {})
     return {
         "field_gates": {fields[int(c)]: float(v) for c, v in (report.get("field_gates") or {}).items()
-                        if int(c) < len(fields)},
+                        if int(c) < len(fields) and fields[int(c)] != HOLE},
         "closed_values": closed,
         "metrics": metrics,
         "examples": int(metrics.get("examples") or 0),

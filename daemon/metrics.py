@@ -57,6 +57,8 @@ class DaemonMetrics:
         self.decode_worker_failures = Counter(
             "featsieve_decode_worker_failures", "Times the decode worker process failed (decoding then runs in the poll loop)", registry=r
         )
+        self.field_columns = Counter("featsieve_field_columns", "Field columns given (admitted) and reclaimed",
+                                     ["change"], registry=r)
         self.untracked_fields = Gauge("featsieve_untracked_fields", "Fields seen beyond max_fields", registry=r)
         self.ready = Gauge("featsieve_ready", "1 when /readyz would answer 200", registry=r)
         self.mask_writer = Gauge("featsieve_mask_writer", "1 while this instance is the elected mask writer", registry=r)

@@ -20,6 +20,7 @@ crash at any point replays exactly the records the snapshot does not reflect.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -27,7 +28,7 @@ import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -42,9 +43,15 @@ from prometheus_client import CollectorRegistry
 from connectors.codec import Limits
 from connectors.dead_letters import DeadLetterQueue, DeadLettersUndelivered
 from connectors.decode_worker import (
+    KIND_CLICK,
+    ROW_DTYPE,
     DecodeWorker,
     DecodeWorkerError,
-    decode_rows,
+    WireBatch,
+    blank_column,
+    column_value,
+    decode_wire,
+    from_wire,
     hash_rows,
     remap_rows,
     rows_matrix,
@@ -65,14 +72,16 @@ from connectors.kafka_io import (
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
 from connectors.record_reader import read_batches_fast
-from connectors.state_store import SnapshotStore
+from connectors.state_store import SnapshotError, SnapshotStore
 from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
+from daemon.baked import GATE_SETTINGS, StateRefused, baked_settings, changed_settings, refusal
 from daemon.config import ConfigError, Settings
 from daemon.masking import MaskBuilder, named_gate_report
 from daemon.metrics import DaemonMetrics, LiveGauges
 from daemon.settings_map import endpoint_from, gate_config_from, limits_from, mi_config_from
 from daemon.shards import ShardState, merged_mi
-from models.interning import EncodedBatch, Interner
+from models.admission import ColumnActivity, FieldAdmission
+from models.interning import HOLE, MISSING, EncodedBatch, HashVersionError, Interner
 from models.mi import MIState
 
 log = logging.getLogger("featsieve")
@@ -124,8 +133,10 @@ class Daemon:
         max_events: int | None = None,
         duration_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reset_state: bool = False,
     ) -> None:
         self.s = settings
+        self.reset_state = reset_state
         self.metrics = DaemonMetrics(registry)
         self.exit_at_end = exit_at_end
         self.max_events = max_events
@@ -141,7 +152,9 @@ class Daemon:
 
             state_dir = os.path.join(state_dir, settings.instance_id or default_instance_id())
         self.store = SnapshotStore(state_dir, keep=settings.keep_snapshots)
-        self.interner = Interner(settings.max_fields)
+        # names get columns only once they have earned them (models/admission.py): never by encoding
+        self.interner = Interner(settings.max_fields, admit_new=False)
+        self.activity = ColumnActivity(settings.field_reclaim_events)
         self.shards: dict[int, ShardState] = {}
         self.assigned: set[TopicPartition] = set()
         self.end_targets: dict[TopicPartition, int] | None = None
@@ -178,6 +191,10 @@ class Daemon:
         # batches handed to the decoder and not yet applied, oldest first (their offsets are not
         # in any shard yet: a checkpoint taken meanwhile resumes before them)
         self._in_flight: deque[tuple[TopicPartition, list[ConsumerRecord]]] = deque()
+        # columns reclaimed by this process, in order, and for each batch in flight how many had been
+        # when it was submitted: its rows still hold the old fields' values in the later ones
+        self._releases: list[tuple[int, str]] = []
+        self._in_flight_releases: deque[int] = deque()
         self.masks = MaskBuilder(settings)
         self.publisher: MaskPublisher | None = None
         self.consumer: Any = None
@@ -201,36 +218,96 @@ class Daemon:
             max_future_ms=int(s.max_future_s * 1000),
             quorum=s.watermark_quorum,
             max_clock_skew_ms=int(s.max_clock_skew_s * 1000),
+            max_pending_bytes=s.max_pending_bytes,
             # every input topic's partition of this shard holds the watermark: otherwise a shard that
             # has read only impressions so far would expire them before their clicks are read
             sources=[(t, shard) for t in s.input_topics],
         )
-        return ShardState(shard=shard, join=join, mi=MIState(self.mi_config))
+        return ShardState(shard=shard, join=join, mi=MIState(self.mi_config),
+                          admission=FieldAdmission(s.field_admit_min_events))
 
     def _restore(self) -> int:
-        loaded = self.store.load_latest()
+        """Restore the newest snapshot; 0 bytes on a first start (or with ``--reset-state``).
+
+        Raises :class:`StateRefused` rather than start from empty state when snapshots exist but
+        none is readable, when they come from a newer build, or when a setting baked into them
+        changed in a way that cannot be applied (daemon/baked.py).
+        """
+        if self.reset_state:
+            aside = self.store.set_aside(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+            if aside is not None:
+                log.warning("--reset-state: the snapshots were moved to %s; starting from empty state "
+                            "(the input is read again from the beginning)", aside)
+            return 0
+        try:
+            loaded = self.store.load_latest()
+        except SnapshotError as exc:
+            raise StateRefused(str(exc)) from exc
         if loaded is None:
             return 0
         state = loaded.state
-        if state.get("format") != STATE_FORMAT:
-            raise RuntimeError(f"snapshot {loaded.path.name} has state format {state.get('format')}")
-        self.interner = Interner.restore(state["interner"])
-        self.shards = {int(sh["shard"]): ShardState.restore(sh) for sh in state["shards"]}
-        for shard in self.shards.values():
-            self._bound_event_time(shard)
-        self._rows_from_dicts()
-        self.masks.restore(state["policy"])
+        where = str(self.store.directory)
+        fmt = state.get("format") if isinstance(state, dict) else None
+        if not isinstance(fmt, int) or fmt != STATE_FORMAT:
+            newer = isinstance(fmt, int) and fmt > STATE_FORMAT
+            raise StateRefused(
+                f"{loaded.path.name} in {where} holds state format {fmt!r}, this build reads {STATE_FORMAT}"
+                + (" (written by a newer featsieve: run that build" if newer else " (")
+                + ", or start with --reset-state to move the snapshots aside and start empty)")
+        recorded = state.get("settings") or {}
+        refused, applied = changed_settings(recorded, self.s)
+        if "max_fields" in applied and len(state["interner"]["fields"]) > self.s.max_fields:
+            refused.append("max_fields")
+            applied.remove("max_fields")
+        if refused:
+            raise StateRefused(refusal(refused, recorded, self.s, where))
+        try:
+            self.interner = Interner.restore(state["interner"])
+            self.interner.admit_new = False
+            self.shards = {int(sh["shard"]): ShardState.restore(sh, self.s.field_admit_min_events)
+                           for sh in state["shards"]}
+            self._rows_from_dicts()
+            for shard in self.shards.values():
+                self._admission_of(shard)
+            if state.get("activity") is not None:
+                self.activity = ColumnActivity.restore(state["activity"], self.s.field_reclaim_events)
+            for col in range(len(self.interner.fields)):
+                self.activity.touch(col, 0)  # state from before columns were watched: seen at the start
+            self.masks.restore(state["policy"])
+        except (HashVersionError, KeyError, TypeError, ValueError) as exc:
+            raise StateRefused(f"{loaded.path.name} in {where} cannot be restored by this build ({exc!r}); "
+                               "start with --reset-state to move the snapshots aside and start empty") from exc
+        self._apply_settings(applied, recorded)
         pub = state.get("publisher")
         if pub:
             self.restored_position = PublishedPosition(int(pub["epoch"]), int(pub["version"]),
                                                        pub.get("incarnation"))
         self._restored_gates = state.get("gates")
+        if self._restored_gates is not None and GATE_SETTINGS & set(applied):
+            self._restored_gates = None
         self.events_seen_total = int(state.get("events_seen", 0))
         return loaded.size_bytes
 
     def _bound_event_time(self, shard: ShardState) -> None:
         """A restored shard follows this run's event-time bounds (they are not the state's)."""
         shard.join.set_event_time_bounds(self.s.watermark_quorum, int(self.s.max_clock_skew_s * 1000))
+
+    def _apply_settings(self, changed: list[str], recorded: dict[str, Any]) -> None:
+        """Give restored state the current values of the settings it can take (daemon/baked.py
+        says which; unchanged ones are no-ops); ``changed`` are logged."""
+        s = self.s
+        for shard in self.shards.values():
+            shard.join.reconfigure(max_pending=s.max_pending_impressions, max_future_ms=int(s.max_future_s * 1000),
+                                   max_pending_bytes=s.max_pending_bytes)
+            self._bound_event_time(shard)
+            now = self.mi_config
+            shard.mi.config = dataclasses.replace(
+                shard.mi.config, blocks=now.blocks, pairs_top_n=now.pairs_top_n, max_pairs=now.max_pairs,
+                pair_budget=now.pair_budget, pair_keep_z=now.pair_keep_z)
+        self.interner.max_fields = s.max_fields
+        for name in changed:
+            log.warning("setting %s changed since the snapshot (%r -> %r): applied to the restored state",
+                        name, recorded[name], getattr(s, name))
 
     def _rows_from_dicts(self) -> None:
         """Impressions restored from a snapshot of an earlier version wait with feature dicts: hash
@@ -240,11 +317,13 @@ class Daemon:
             dicts = [f for f in features if f.__class__ is dict]
             if not dicts:
                 return features
+            self.interner.admit(sorted(set().union(*dicts)))  # tracked, as that version did
             it = iter(hash_rows(self.interner.encode(dicts).hashes))
             return [next(it) if f.__class__ is dict else f for f in features]
 
         if sum(shard.join.map_features(rows) for shard in self.shards.values()):
             self.interner = Interner.restore(self.interner.snapshot())
+            self.interner.admit_new = False
 
     def state_snapshot(self, gates: Any = None) -> dict[str, Any]:
         return {
@@ -255,6 +334,8 @@ class Daemon:
             "publisher": self._position_snapshot(),
             "gates": gates,
             "events_seen": self.events_seen_total,
+            "settings": baked_settings(self.s),
+            "activity": self.activity.snapshot(),
         }
 
     def _position_snapshot(self) -> dict[str, Any] | None:
@@ -637,6 +718,7 @@ class Daemon:
             published, fields = found
             self._adopt_rows(published, fields)
             self._bound_event_time(published)
+            self._admission_of(published)
             self.shards[p] = published
             log.info("shard %d resumed from the stats topic at %s", p, _offsets_of(published))
 
@@ -650,6 +732,9 @@ class Daemon:
         if new:
             assert not self._in_flight
             self.interner.admit(new)
+            for name in new:  # earned elsewhere: tracked here from now on
+                if (col := self.interner.column(name)) is not None:
+                    self.activity.touch(col, self.activity.events)
             if self.decoder is not None:
                 try:
                     self.decoder.admit(new)
@@ -759,6 +844,7 @@ class Daemon:
             try:
                 self.decoder.submit([r.value for r in records])
                 self._in_flight.append((tp, records))
+                self._in_flight_releases.append(len(self._releases))
                 return 1
             except DecodeWorkerError as exc:
                 self._decoder_failed(exc)
@@ -773,17 +859,21 @@ class Daemon:
         while len(self._in_flight) > keep:
             if self.decoder is None:
                 tp, records = self._in_flight.popleft()
+                self._in_flight_releases.popleft()  # decoded again now, with today's columns
                 if not drop or tp not in drop:
                     self._process_partition(tp, records)
                 continue
             try:
-                events, bad, _ = self.decoder.collect()
+                events, bad, wire = self.decoder.collect_wire()
             except DecodeWorkerError as exc:
                 self._decoder_failed(exc)
                 continue
             tp, records = self._in_flight.popleft()
+            released = self._in_flight_releases.popleft()
             if not drop or tp not in drop:
-                self._apply(tp, records, events, bad)
+                if released < len(self._releases):
+                    self._read_released(events, wire, self._releases[released:])
+                self._apply(tp, records, events, bad, wire)
 
     def _settle_in_flight(self, drop: set[TopicPartition] | None = None) -> None:
         self._apply_in_flight(keep=0, drop=drop)
@@ -797,18 +887,39 @@ class Daemon:
         self.decoder = None
 
     def _process_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
-        events, bad, _ = decode_rows([r.value for r in records], self.limits, self.interner)
-        self._apply(tp, records, events, bad)
+        wire = decode_wire([r.value for r in records], self.limits, self.interner)
+        events, bad = from_wire(wire)
+        self._apply(tp, records, events, bad, wire)
 
     def _apply(self, tp: TopicPartition, records: list[ConsumerRecord], events: list[Any],
-               bad: list[tuple[int, Any]]) -> None:
+               bad: list[tuple[int, Any]], wire: WireBatch | None = None) -> None:
         shard = self.shards.get(tp.partition)
         if shard is None:
             shard = self.shards[tp.partition] = self._new_shard(tp.partition)
         source = (tp.topic, tp.partition)
         dead: list[tuple[ConsumerRecord, str, str]] = [(records[i], e.reason, e.detail) for i, e in bad]
         good_records = _without(records, [i for i, _ in bad])
-        result = shard.join.process(events, source, now_ms=int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        first_event = self.activity.events
+        by_event: dict[int, list[tuple[str, int]]] = {}
+        if wire is not None:
+            for i, name, h in wire.extras:
+                by_event.setdefault(i, []).append((name, h))
+        assert shard.admitted is not None
+        # columns other shards earned that this one has not (yet): their values are counted here
+        waiting = [c for c, name in enumerate(self.interner.fields) if name not in shard.admitted and name != HOLE]
+        if by_event or waiting:
+            def accepted(i: int, ev: Any) -> None:
+                if ev.features is not None:
+                    self._earn_columns(shard, ev, by_event.get(i, ()), first_event + i + 1, waiting)
+
+            watch: Any = by_event
+            if waiting:
+                watch = set(by_event) | _holding(events, wire, waiting)
+            result = shard.join.process(events, source, now_ms, accepted, watch)
+        else:
+            result = shard.join.process(events, source, now_ms)
+        self.activity.observe(wire.last_seen if wire is not None else (), len(events))
         for i, reason, detail in result.rejected:
             dead.append((good_records[i], reason, detail))
         examples = result.examples + shard.join.expire()
@@ -829,6 +940,130 @@ class Daemon:
         self.events_seen += n
         self.events_seen_total += n
         self.events_since_checkpoint += n
+        if self.activity.reclaim_events:
+            for col in self.activity.stale(c for c, name in enumerate(self.interner.fields) if name != HOLE):
+                self._reclaim(col)
+
+    def _reclaim(self, col: int) -> None:
+        """Take column ``col`` from its field, not seen in ``field_reclaim_events`` events: its
+        counts and admission in every shard, its values in pending rows, its policy history and
+        its gate state are cleared, so that the field (or the next one given the column) starts as
+        if never seen. Batches in flight read its old values as that field's (:meth:`_read_released`)."""
+        name = self.interner.release(col)
+        self._releases.append((col, name))
+        if self.decoder is not None:
+            try:
+                self.decoder.release(col)
+            except DecodeWorkerError as exc:
+                self._decoder_failed(exc)
+        for shard in self.shards.values():
+            shard.admission.forget(name)
+            if shard.admitted is not None:
+                shard.admitted.discard(name)
+            shard.mi.drop_field(name)
+            shard.join.map_features(lambda rows: blank_column(rows, col))
+        self.masks.policy.forget(name)
+        if self.trainer is not None:
+            self.trainer.call(lambda model: model.clear_column(col))
+        self.metrics.field_columns.labels("reclaimed").inc()
+        log.info("field %r reclaimed: column %d, not seen in the last %d events", name, col,
+                 self.activity.reclaim_events)
+
+    @staticmethod
+    def _read_released(events: list[Any], wire: WireBatch, released: list[tuple[int, str]]) -> None:
+        """A batch hashed before these columns were reclaimed: their values are the old fields',
+        which have no column now; hand them on as values of names without one (``extras``), as
+        decoding the batch now would."""
+        found = []
+        for i, ev in enumerate(events):
+            row = ev.features
+            if row is None:
+                continue
+            for col, name in released:
+                h = column_value(row, col)
+                if h != MISSING:
+                    found.append((i, name, h))
+                    row = blank_column([row], col)[0]
+            ev.features = row
+        if found:
+            wire.extras = sorted(wire.extras + found)
+        for col, _ in released:  # nor were they the values of whatever holds the column now
+            if col < len(wire.last_seen):
+                wire.last_seen[col] = -1
+
+    def _earn_columns(self, shard: ShardState, ev: Any, values: Sequence[tuple[str, int]], event_no: int,
+                      waiting: list[int]) -> None:
+        """An accepted event of ``shard``: count the names it holds that this shard has not admitted
+        (models/admission.py), admit those that have now earned it (a column for a name that has
+        none), and leave in its row exactly the values of the names this shard has admitted.
+
+        ``values`` ((name, hash)) are those of names that had no column when the event was hashed;
+        ``waiting`` the columns this shard has not admitted (updated here). Called in the order the
+        shard's events are applied, so which of a shard's events carry a new field's values
+        depends on that shard's stream only: not on other shards, nor on when the decode worker
+        learnt of a column.
+        """
+        assert shard.admitted is not None
+        fields = self.interner.fields
+        changes: list[tuple[int, int]] = []
+        if waiting:
+            old = np.frombuffer(ev.features, ROW_DTYPE)
+            for c in list(waiting):
+                if c >= len(old) or old[c] == MISSING:
+                    continue
+                if shard.admission.seen(fields[c]):
+                    shard.admitted.add(fields[c])
+                    waiting.remove(c)
+                    self.activity.touch(c, event_no)
+                else:
+                    changes.append((c, MISSING))
+        for name, h in values:
+            col: int | None = self.interner.column(name)
+            if name not in shard.admitted:
+                if not shard.admission.seen(name):
+                    continue
+                if col is None:
+                    col = self._give_column(name)
+                    if col is None:
+                        continue  # max_fields taken: counted again from zero, untracked meanwhile
+                elif col in waiting:
+                    waiting.remove(col)
+                shard.admitted.add(name)
+            if col is None:
+                continue
+            changes.append((col, h))
+            self.activity.touch(col, event_no)
+        if changes:
+            row = np.full(len(fields), MISSING, ROW_DTYPE)
+            old_row = ev.features
+            row[: len(old_row) // 8] = np.frombuffer(old_row, ROW_DTYPE)
+            for col, h in changes:
+                row[col] = h
+            ev.features = row.tobytes()
+
+    def _admission_of(self, shard: ShardState) -> None:
+        """A shard restored from a version without per-shard admission has admitted every column."""
+        shard.admission.min_events = self.s.field_admit_min_events
+        if shard.admitted is None:
+            shard.admitted = set(self.interner.fields)
+
+    def _give_column(self, name: str) -> int | None:
+        """A column for a name that has earned one (in the decode worker's interner too); None when
+        ``max_fields`` are taken (the name is counted as untracked)."""
+        self.interner.admit([name])
+        col = self.interner.column(name)
+        if col is None:
+            return None
+        if self.decoder is not None:
+            try:
+                self.decoder.admit([name])
+            except DecodeWorkerError as exc:
+                self._decoder_failed(exc)
+        self.activity.touch(col, self.activity.events)
+        self.metrics.field_columns.labels("admitted").inc()
+        log.info("field %r admitted: column %d (seen in %d accepted events of a shard)", name, col,
+                 self.s.field_admit_min_events)
+        return col
 
     def _count_events(self, events: list[Any], shard: ShardState, n_dead: int) -> None:
         for kind, count in Counter(map(type, events)).items():  # per batch, not per event
@@ -853,7 +1088,13 @@ class Daemon:
         fields = list(self.interner.fields)
         encoded = EncodedBatch(fields, rows_matrix([ex.features for ex in examples], len(fields)))
         # only the watermark expires blocks: an example ahead of the rest must not expire the others
-        shard.mi.update(encoded, labels, ts, advance=False)
+        assert shard.admitted is not None
+        if len(shard.admitted) < len(fields):
+            # the shard's MI counts the fields it has admitted only: a function of its own stream
+            cols = [c for c, name in enumerate(fields) if name in shard.admitted]
+            shard.mi.update(EncodedBatch([fields[c] for c in cols], encoded.hashes[:, cols]), labels, ts, advance=False)
+        else:
+            shard.mi.update(encoded, labels, ts, advance=False)
         positives = int(labels.sum())
         self.metrics.examples.labels("positive").inc(positives)
         self.metrics.examples.labels("negative").inc(len(labels) - positives)
@@ -1132,6 +1373,20 @@ class Daemon:
                 closer.close()
             except KafkaError as exc:
                 log.warning("close: %s", exc)
+
+
+def _holding(events: list[Any], wire: WireBatch | None, cols: list[int]) -> set[int]:
+    """Indices of the events whose rows hold a value in one of ``cols`` (found a batch at a time
+    from the wire rows, so a column one shard never admits costs no per-event call)."""
+    if wire is None or not wire.rows or wire.width == 0:
+        return {i for i, ev in enumerate(events) if ev.features is not None}
+    with_rows = np.flatnonzero(np.frombuffer(wire.kinds, np.uint8) != KIND_CLICK)
+    matrix = np.frombuffer(wire.rows, ROW_DTYPE).reshape(len(with_rows), wire.width)
+    inside = [c for c in cols if c < wire.width]
+    if not inside:
+        return set()
+    hit = (matrix[:, inside] != MISSING).any(axis=1)
+    return set(with_rows[hit].tolist())
 
 
 def _progress(shard: ShardState) -> int:

@@ -20,10 +20,12 @@ def serve(
     max_events: int | None = None,
     duration_s: float | None = None,
     registry: CollectorRegistry | None = None,
+    reset_state: bool = False,
 ) -> int:
     """Run until stopped; returns the exit code. Only here is the global registry chosen."""
     registry = REGISTRY if registry is None else registry
-    daemon = Daemon(settings, registry, exit_at_end=exit_at_end, max_events=max_events, duration_s=duration_s)
+    daemon = Daemon(settings, registry, exit_at_end=exit_at_end, max_events=max_events, duration_s=duration_s,
+                    reset_state=reset_state)
     server = None
     if settings.metrics_port:
         # read at scrape time, like /readyz: Prometheus scrapes /metrics only, so a gauge set by

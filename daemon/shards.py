@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.join import JoinBuffer
+from models.admission import FieldAdmission
 from models.mi import MIConfig, MIState, merge_held_back
 
 
@@ -25,6 +26,12 @@ class ShardState:
     mi: MIState
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     counted: dict[str, int] = field(default_factory=dict)  # join counters already exported as metrics
+    # Field admission is per shard (models/admission.py): a field's values enter this shard's rows
+    # and MI once this shard has seen it in field_admit_min_events accepted events, so the shard's
+    # state is a function of its own stream, whatever order the shards' batches are applied in.
+    # ``admitted`` None: restored from a version without it (the daemon takes every column).
+    admission: FieldAdmission = field(default_factory=lambda: FieldAdmission(1))
+    admitted: set[str] | None = field(default_factory=set)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -32,15 +39,22 @@ class ShardState:
             "join": self.join.snapshot(),
             "mi": self.mi.snapshot(),
             "offsets": [[t, p, o] for (t, p), o in sorted(self.offsets.items())],
+            "admission": self.admission.snapshot(),
+            "admitted": sorted(self.admitted) if self.admitted is not None else None,
         }
 
     @classmethod
-    def restore(cls, snap: dict[str, Any]) -> ShardState:
+    def restore(cls, snap: dict[str, Any], admit_min_events: int = 1) -> ShardState:
+        adm = snap.get("admission")
+        admitted = snap.get("admitted")
         return cls(
             shard=int(snap["shard"]),
             join=JoinBuffer.restore(snap["join"]),
             mi=MIState.restore(snap["mi"]),
             offsets={(t, int(p)): int(o) for t, p, o in snap["offsets"]},
+            admission=(FieldAdmission.restore(adm, admit_min_events) if adm is not None
+                       else FieldAdmission(admit_min_events)),
+            admitted=set(admitted) if admitted is not None else None,
         )
 
 

@@ -215,6 +215,35 @@ class GatedCTR:
             self._learn_part(hashes[start : start + take], np.asarray(labels[start : start + take]))
             start += take
 
+    def clear_column(self, col: int) -> None:
+        """Forget everything learnt about column ``col`` (its field's column was reclaimed and may
+        be given to another field): its rows' embeddings and linear weights to zero, Adagrad state,
+        value gates, field gate, evidence and closed row to their initial values, its hard masks
+        open, its traffic counts and seen values gone. Columns past ``max_fields`` have no state."""
+        import torch
+
+        cfg = self.config
+        if not 0 <= col < cfg.max_fields:
+            return
+        rows = slice(col * cfg.buckets_per_field, (col + 1) * cfg.buckets_per_field)
+        net, search = self.net, self.search
+        with torch.no_grad():
+            net.table[rows] = 0.0
+            net.ada[rows] = cfg.adagrad_init
+            search.value_gate[rows] = cfg.init
+            search.field_gate[col] = 0.0
+            search.closed_rows[col] = 0.0
+        search.field_evidence[col] = 0.0
+        search.freq[rows] = 0
+        search.last_freq[rows] = 0
+        if search.mask is not None and search.field_mask is not None and search.value_mask is not None:
+            search.mask[rows] = True
+            search.field_mask[col] = True
+            search.value_mask[rows] = True
+            search.set_mask(search.mask, search.field_mask, search.value_mask)
+        self.seen_values.pop(col, None)
+        self.wide_columns.discard(col)
+
     def _search_from(self) -> int:
         """Position in the window of the first search example."""
         return int(self.config.window * (1.0 - self.config.search_share))

@@ -31,7 +31,9 @@ constants could construct colliding strings (the effect would be two values
 sharing counts, never an error).
 
 Columns are assigned to field names in order of first appearance (sorted
-within a batch) and never change. At most ``max_fields`` names get a column;
+within a batch) and never change; with ``admit_new=False`` (the daemon) only
+:meth:`Interner.admit` assigns them, and encoding reports the values of names
+without a column (``unadmitted``) for the caller to count (models/admission.py). At most ``max_fields`` names get a column;
 further names are counted in :attr:`Interner.untracked_fields` and ignored.
 For display (``values_for``, naming closed gate values) each column remembers
 ``hash → value`` for at most ``names_per_column`` distinct values; a column
@@ -62,6 +64,8 @@ T_BIGINT = 0x626967696E745F21
 T_REPR = 0x7265707276616C21
 _INT_MIN, _INT_END = -(1 << 63), 1 << 63
 _UNTRACKED_NAMES_CAP = 10_000
+# The name a reclaimed column holds until it is given again (a field of this name is never tracked).
+HOLE = "\x00reclaimed\x00"
 _SHORT = 10  # longest value hashed by the gather path of _hash_strs
 
 
@@ -451,7 +455,7 @@ class _ValueNames:
 class Interner:
     """Field names → columns, values → hashes; deterministic, bounded."""
 
-    def __init__(self, max_fields: int = 256, names_per_column: int = 1024) -> None:
+    def __init__(self, max_fields: int = 256, names_per_column: int = 1024, admit_new: bool = True) -> None:
         if max_fields < 1:
             raise ValueError("interner max_fields must be >= 1")
         if names_per_column < 0:
@@ -463,6 +467,11 @@ class Interner:
         self._names: list[_ValueNames] = []
         self._untracked: set[str] = set()
         self.untracked_overflow = 0  # names not remembered once the untracked set is full
+        # False: names without a column are not given one by encoding (the daemon admits them when
+        # they have earned it, see models/admission.py); their present values are appended to
+        # ``unadmitted`` as (name, rows, hashes) when that is a list
+        self.admit_new = admit_new
+        self.unadmitted: list[tuple[str, np.ndarray, np.ndarray]] | None = None
         # When a list: every change to columns and remembered names is appended to it, for a
         # replica elsewhere to :meth:`replay` (the decode worker keeps the daemon's copy exact).
         self.journal: list[tuple[Any, ...]] | None = None
@@ -479,10 +488,20 @@ class Interner:
         if self.journal is not None:
             self.journal.append(("admit", sorted(set(names) - self._columns.keys())))
         for name in sorted(set(names) - self._columns.keys()):
-            if len(self.fields) < self.max_fields:
+            if name == HOLE:
+                continue
+            holes = self.holes()
+            if holes:  # a reclaimed column, lowest first
+                col = holes[0]
+                self._columns[name] = col
+                self.fields[col] = name
+                self._names[col] = _ValueNames(self.names_per_column)
+                self._untracked.discard(name)
+            elif len(self.fields) < self.max_fields:
                 self._columns[name] = len(self.fields)
                 self.fields.append(name)
                 self._names.append(_ValueNames(self.names_per_column))
+                self._untracked.discard(name)
             elif name not in self._untracked:
                 if len(self._untracked) < _UNTRACKED_NAMES_CAP:
                     self._untracked.add(name)
@@ -510,20 +529,42 @@ class Interner:
                       n: int) -> EncodedBatch:
         """Place pre-hashed columns: ``hashed[k]`` is field ``names[k]``'s hashes (from this module's
         functions) and a function giving the value of row ``i`` (called only to remember names)."""
-        if not set(names) <= self._columns.keys():
+        if self.admit_new and not set(names) <= self._columns.keys():
             self._admit(names)
         out = np.full((n, len(self.fields)), MISSING, dtype=np.uint64)
         for name, (hashes, value_of) in zip(names, hashed, strict=True):
             col = self._columns.get(name)
             if col is None:
+                if self.unadmitted is not None:
+                    rows = np.flatnonzero(hashes != MISSING)
+                    if len(rows):
+                        self.unadmitted.append((name, rows, hashes[rows]))
                 continue
             out[:, col] = hashes
             self._names[col].learn(hashes, value_of, self.journal, col)
         return EncodedBatch(list(self.fields), out)
 
     def admit(self, names: Sequence[str]) -> None:
-        """Give columns to ``names`` now (sorted, as a batch would); known names are ignored."""
+        """Give columns to ``names`` now (sorted, as a batch would; reclaimed columns first, lowest
+        first); known names are ignored."""
         self._admit(names)
+
+    def release(self, col: int) -> str:
+        """Reclaim column ``col``: its name loses it (and its remembered values); the column holds
+        :data:`HOLE` until :meth:`admit` gives it to a name. Returns the name it had."""
+        name = self.fields[col]
+        if name == HOLE:
+            raise ValueError(f"column {col} is not in use")
+        del self._columns[name]
+        self.fields[col] = HOLE
+        self._names[col] = _ValueNames(0)
+        return name
+
+    def holes(self) -> list[int]:
+        """Reclaimed columns not given again, in order."""
+        if len(self._columns) == len(self.fields):
+            return []
+        return [c for c, name in enumerate(self.fields) if name == HOLE]
 
     def take_journal(self) -> list[tuple[Any, ...]]:
         """The changes journalled since the last call (journalling stays on)."""
@@ -559,6 +600,7 @@ class Interner:
             "fields": list(self.fields),
             "untracked": sorted(self._untracked),
             "untracked_overflow": self.untracked_overflow,
+            "admit_new": self.admit_new,
         }
 
     @classmethod
@@ -573,7 +615,8 @@ class Interner:
             raise HashVersionError(
                 f"the state was written with value hash {version!r}, this version uses {HASH_VERSION!r}; "
                 "start from an empty state directory (and replay the input) to rebuild it")
-        interner = cls(int(snap["max_fields"]), int(snap.get("names_per_column", 1024)))
+        interner = cls(int(snap["max_fields"]), int(snap.get("names_per_column", 1024)),
+                       admit_new=bool(snap.get("admit_new", True)))
         interner._admit_in_order(snap["fields"])
         interner._untracked = set(snap.get("untracked", ()))
         interner.untracked_overflow = int(snap.get("untracked_overflow", 0))
@@ -581,6 +624,7 @@ class Interner:
 
     def _admit_in_order(self, names: Sequence[str]) -> None:
         for name in names:
-            self._columns[name] = len(self.fields)
+            if name != HOLE:
+                self._columns[name] = len(self.fields)
             self.fields.append(name)
-            self._names.append(_ValueNames(self.names_per_column))
+            self._names.append(_ValueNames(self.names_per_column if name != HOLE else 0))

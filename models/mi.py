@@ -305,6 +305,20 @@ class MIState:
         if expire:
             self._expire()
 
+    def drop_field(self, name: str) -> None:
+        """Forget a field (its column was reclaimed): its counts in every block, and every pair
+        with it. The per-field counts left are those of a stream that never had the field; pair
+        tables chosen while it was a candidate stay until the next selection (see docs/internals.md)."""
+        for fields in self.blocks.values():
+            fields.pop(name, None)
+        for tables in self.pair_blocks.values():
+            for pair in [p for p in tables if name in p]:
+                del tables[pair]
+        self.pairs = tuple(p for p in self.pairs if name not in p)
+        for table in (self.blocks, self.pair_blocks):
+            for b in [b for b, f in table.items() if not f]:
+                del table[b]
+
     # ----------------------------------------------------------- reading
     def field_names(self) -> list[str]:
         return sorted({name for fields in self.blocks.values() for name in fields})

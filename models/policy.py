@@ -239,6 +239,12 @@ class MaskPolicy:
         """The decision held for every field ever seen, in name order."""
         return dict(sorted(self._keep.items()))
 
+    def forget(self, name: str) -> None:
+        """Drop a field's held decision and history (its column was reclaimed): if it comes back it
+        starts as a field never seen."""
+        self._keep.pop(name, None)
+        self._history.pop(name, None)
+
     def history(self, name: str) -> tuple[HistoryEntry, ...]:
         """Recent decision changes of ``name`` (oldest first), at most ``history_len``."""
         return tuple(self._history.get(name, ()))
@@ -249,17 +255,19 @@ class MaskPolicy:
 
         Beside the gate model's own record (:meth:`GateEvidence.strength`), the gates must agree
         with MI where MI is sure: a gate model that closes a field whose MI is significant
-        (``z >= min_z``, with enough evidence) ranks fields unlike the evidence that can be
-        checked, and gets no vote on the fields that cannot.
+        (``z >= min_z``, with enough evidence, and not a near-duplicate of another field) ranks
+        fields unlike the evidence that can be checked, and gets no vote on the fields that
+        cannot.
         """
         if gates is None:
             return "none"
         cfg = self.config
         strength = gates.strength(cfg.gate_min_windows, cfg.gate_min_auc, cfg.drop_budget)
         contradicted = any(
-            e.z >= cfg.min_z and self._sufficient(e) and gates.field_gates.get(e.name, 1.0) < cfg.gate_exit
+            e.z >= cfg.min_z and self._sufficient(e) and e.redundant_with is None
+            and gates.field_gates.get(e.name, 1.0) < cfg.gate_exit
             for e in evidence
-        )
+        )  # a near-duplicate's gate rightly closes: its twin carries the signal
         return "weak" if strength == "strong" and contradicted else strength
 
     def update(self, evidence: Sequence[FieldEvidence], gate_evidence: str | None = None) -> MaskDecision:

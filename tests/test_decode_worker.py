@@ -232,7 +232,7 @@ def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_pr
     daemon = runloop.Daemon(settings, CollectorRegistry(), exit_at_end=max_events is None,
                             max_events=max_events)
     if kill_after is not None:
-        original = runloop.DecodeWorker.collect
+        original = runloop.DecodeWorker.collect_wire
         calls = {"n": 0}
 
         def collect(worker: DecodeWorker) -> tuple:
@@ -241,11 +241,11 @@ def _run(bootstrap: str, topics: tuple[str, str], name: str, tmp_path, decode_pr
                 os.kill(worker.pid, signal.SIGKILL)
             return original(worker)
 
-        runloop.DecodeWorker.collect = collect  # type: ignore[method-assign]
+        runloop.DecodeWorker.collect_wire = collect  # type: ignore[method-assign]
         try:
             assert daemon.run() == 0
         finally:
-            runloop.DecodeWorker.collect = original  # type: ignore[method-assign]
+            runloop.DecodeWorker.collect_wire = original  # type: ignore[method-assign]
         assert calls["n"] >= kill_after and daemon.decoder is None
     else:
         assert daemon.run() == 0
@@ -333,7 +333,7 @@ def _pipeline_run(tmp_path, name: str, polls: list, kill_at: int | None) -> tupl
     if kill_at is not None:
         daemon.decoder = DecodeWorker(daemon.limits, daemon.interner)
         calls = {"n": 0}
-        collect = daemon.decoder.collect
+        collect = daemon.decoder.collect_wire
 
         def killing_collect() -> tuple:
             calls["n"] += 1
@@ -341,7 +341,7 @@ def _pipeline_run(tmp_path, name: str, polls: list, kill_at: int | None) -> tupl
                 os.kill(daemon.decoder.pid, signal.SIGKILL)  # type: ignore[union-attr]
             return collect()
 
-        daemon.decoder.collect = killing_collect  # type: ignore[method-assign]
+        daemon.decoder.collect_wire = killing_collect  # type: ignore[method-assign]
     try:
         for batch in [*polls, {}]:  # an empty poll applies what is left in flight
             daemon._take(batch)

@@ -7,6 +7,9 @@ stops the daemon at a known point in event time. The daemon runs twice on the sa
 state: up to the drift, then to the end, re-evaluating the policy every 50 ms of
 wall clock, so every change of evidence has a chance to show in a mask version.
 
+The policy is the MI vote (``policy_mode = mi``): the daemon's default, the drop budget, keeps
+a noise field MI cannot rule out (docs/policy.md), and this test is about following a change.
+
 Claims checked: before the drift the mask keeps the field that will lose its signal
 and drops the one that will gain it; after the drift both decisions flip, in a mask
 whose watermark is within the configured MI horizon of the drift; the number of
@@ -61,7 +64,11 @@ def test_mask_follows_drift_within_the_horizon_without_flapping(bootstrap: str, 
     common = ("--bootstrap", bootstrap, "--input-topics", topic, "--group-id", unique, "--model-id", unique,
               "--mask-topic", f"{unique}.masks", "--dlq-topic", f"{unique}.dlq",
               "--state-dir", str(tmp_path / "state"), "--metrics-port", "0", "--gates", "false",
-              "--mask-interval-s", "0.05", "--mi-block-s", str(BLOCK_S), "--mi-blocks", str(BLOCKS))
+              "--mask-interval-s", "0.05", "--mi-block-s", str(BLOCK_S), "--mi-blocks", str(BLOCKS),
+              # the threshold votes on MI: with gates off, the default drop budget keeps a field
+              # whose pairs with the wide informative fields cannot be counted (under-powered), so
+              # the noise field that gains signal would never have been dropped before the drift
+              "--policy-mode", "mi")
     featsieve("run", *common, "--max-events", str(before))
     first = featsieve("masks", "--bootstrap", bootstrap, "--mask-topic", f"{unique}.masks", "--get", unique, "--json")
     pre = orjson.loads(first.stdout)

@@ -244,3 +244,10 @@ def test_a_pair_counted_too_thinly_to_show_an_interaction_worth_the_budget_keeps
     assert decide([strong_field(), thin])["ctx"] == (True, "insufficient_evidence")
     enough = FieldEvidence(**{**thin.__dict__, "interaction_sd": 1e-6})
     assert decide([strong_field(), enough])["ctx"] == (False, "within_drop_budget")
+
+
+def test_a_closed_gate_on_a_near_duplicate_is_no_contradiction() -> None:
+    policy = MaskPolicy(PolicyConfig())
+    copy = FieldEvidence(name="b", score=5e-3, z=50.0, sd=1e-4, examples=N, positives=POS, redundant_with="a")
+    gates = GateEvidence(field_gates={"a": 1.0, "b": 0.0}, windows=2, auc=0.8)
+    assert policy.gate_strength(gates, [ev("a", 5e-3, 1e-4), copy]) == "strong"
