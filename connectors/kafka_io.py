@@ -20,6 +20,7 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
+    Cancelled,
     InvalidConfigurationError,
     InvalidReplicationFactorError,
     KafkaConfigurationError,
@@ -232,7 +233,14 @@ def _read_available(transport: Any) -> tuple[bytes, Exception | None]:
     """Everything the transport's socket has now, in reads of up to :data:`RECV_BYTES`; the
     error, if any, as kafka-python's own reader reports it (the connection is then closed)."""
     chunks: list[bytes] = []
-    recv = transport._sock.recv
+    sock = transport._sock
+    if sock is None:
+        # the client closed the transport while this read was scheduled (closing a consumer or a
+        # producer does): nothing to read, and the library's abort of a closed transport is a
+        # no-op. Reading None.recv raised in kafka-python's task loop, which logged
+        # 'ERROR kafka.net.selector: Unhandled exception in task' with a traceback.
+        return b"", KafkaConnectionError("socket closed")
+    recv = sock.recv
     while True:
         try:
             data = recv(RECV_BYTES)
@@ -424,7 +432,10 @@ class KafkaDiagnosis(logging.Handler):
                 return
         if record.name.startswith(("kafka.net", "kafka.conn", "kafka.client")) and record.levelno < logging.ERROR:
             return  # per-attempt connection chatter ("not ready; waiting ...")
-        if self.forward is not None and record.levelno >= logging.WARNING:
+        if _cancelled_by_close(record):
+            return
+        # Handler.handle() ignores the handler's level (a logger checks it): check it here
+        if self.forward is not None and record.levelno >= max(logging.WARNING, self.forward.level):
             key = f"{record.name}:{record.msg}"
             now = time.monotonic()
             if now - self._forwarded.get(key, -1e9) >= self.repeat_s:
@@ -446,6 +457,18 @@ class KafkaDiagnosis(logging.Handler):
 
     def clear(self) -> None:
         self._seen_cause.clear()
+
+
+def _cancelled_by_close(record: logging.LogRecord) -> bool:
+    """Whether the record reports a request that failed with kafka-python's ``Cancelled``.
+
+    The client fails its in-flight requests with ``Cancelled`` only when it closes the connection
+    or task itself: closing a consumer while its periodic metadata refresh is in flight logs
+    ``ERROR kafka.cluster: Metadata refresh: failed Cancelled`` although nothing went wrong (every
+    ``featsieve masks --get`` did). Such records are dropped; real failures carry their own error.
+    """
+    args = record.args if isinstance(record.args, tuple) else (record.args,)
+    return any(isinstance(a, Cancelled) for a in args)
 
 
 _diagnosis: KafkaDiagnosis | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -44,6 +45,16 @@ class _BoundedServer(ThreadingHTTPServer):
         except Exception:
             self._slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """socketserver prints a traceback to stderr for any error in a handler. A client that hung
+        up before its answer was written (a scrape that timed out on a loaded machine) is routine:
+        a debug line. Anything else is logged once, as an error of this server."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("client %s went away before its answer: %s", client_address[0], exc)
+            return
+        log.error("request from %s failed: %r", client_address[0], exc)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

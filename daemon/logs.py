@@ -67,6 +67,9 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     from connectors.kafka_io import install_kafka_diagnosis
 
     handler = logging.StreamHandler(sys.stderr)
+    # the level on the handler too: the kafka diagnosis forwards kafka-python's records to it
+    # directly, past the root logger's level
+    handler.setLevel(level)
     handler.addFilter(REDACT)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())

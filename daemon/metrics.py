@@ -4,19 +4,56 @@ Only start-up code chooses the registry; tests build their own. Values that
 are cheap to read at scrape time (lag, ages, state size) are read then, in
 ``collect()``, instead of being pushed from the hot loop; counters and the
 batch histogram are updated once per batch.
+
+Every labelled counter starts at 0 for each label value the daemon knows in
+advance (:data:`KNOWN_LABELS`), so ``rate()`` and ``increase()`` see the first
+increment and alerts on them have a series to evaluate from start-up. The
+``*_timestamp_seconds`` gauges are 0 until the first publish or checkpoint,
+so "older than N seconds" alerts fire for a daemon that never got that far;
+the ``*_age_seconds`` gauges (kept for existing dashboards) are NaN then.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from connectors.codec import REASONS
+from connectors.join import REJECT_REASON
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Label values known before the first event: each (counter attribute, label tuple) is created at 0.
+KNOWN_LABELS: Mapping[str, tuple[tuple[str, ...], ...]] = {
+    "events": (
+        ("impression", "ok"), ("click", "ok"), ("labeled", "ok"),
+        ("click", "orphan"), ("click", "duplicate"), ("any", "dead_letter"),
+    ),
+    "examples": (("positive",), ("negative",)),
+    "dead_letters": tuple((r,) for r in sorted(REASONS | {REJECT_REASON})),
+    "mask_publishes": (("change",), ("heartbeat",)),
+    "rebalances": (("assigned",), ("revoked",)),
+    "field_columns": (("admitted",), ("reclaimed",)),
+    # the class name of any KafkaError is a label value too; these two are what the brokers going
+    # away gives (the connection watch; a connect attempt that times out), which the Kafka-errors
+    # alert should see from the first one
+    "kafka_errors": (("Disconnected",), ("KafkaTimeoutError",)),
+}
+
+
+def featsieve_version() -> str:
+    """The installed package's version; ``unknown`` when run from a tree that is not installed."""
+    try:
+        return package_version("featsieve")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class DaemonMetrics:
@@ -64,6 +101,23 @@ class DaemonMetrics:
         self.mask_writer = Gauge("featsieve_mask_writer", "1 while this instance is the elected mask writer", registry=r)
         self.stats_bytes = Counter("featsieve_stats_bytes", "Bytes of shard states and gate evidence published to the stats topic (group mode)", registry=r)
         self.kafka_errors = Counter("featsieve_kafka_errors", "Kafka client errors by class", ["error"], registry=r)
+        self.build_info = Gauge("featsieve_build_info", "Always 1; the featsieve version as a label", ["version"], registry=r)
+        self.build_info.labels(featsieve_version()).set(1)
+        self.instance_info = Gauge(
+            "featsieve_instance_info",
+            "Always 1; the model id, consumer group and coordination mode of this instance",
+            ["model", "group", "coordination"],
+            registry=r,
+        )
+        for attr, values in KNOWN_LABELS.items():
+            metric = getattr(self, attr)
+            for labels in values:
+                metric.labels(*labels)
+
+    def set_instance(self, *, model: str, group: str, coordination: str) -> None:
+        """Label ``featsieve_instance_info`` with what this instance works for: alerts join other
+        series on it (e.g. the mask writers of a model in group mode)."""
+        self.instance_info.labels(model, group, coordination).set(1)
 
     def attach(self, collector: Collector) -> None:
         self.registry.register(collector)
@@ -78,24 +132,32 @@ class LiveGauges(Collector):
         join_buffer: Callable[[], int],
         checkpoint_time: Callable[[], float | None],
         mask_time: Callable[[], float | None],
+        *,
+        group: str,
+        mask_publish_timestamp: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
         watermark: Callable[[], int | None] = lambda: None,
         dead_letters_waiting: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``checkpoint_time``/``mask_time`` feed the ages (NaN while None); ``mask_publish_timestamp``
+        is this instance's last publish even after it stopped being the writer (0 while None)."""
         self._lag, self._join, self._ckpt, self._mask, self._clock = lag, join_buffer, checkpoint_time, mask_time, clock
         self._watermark, self._dlq_waiting = watermark, dead_letters_waiting
+        self._group, self._mask_ts = group, mask_publish_timestamp
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        records = GaugeMetricFamily("featsieve_consumer_lag_records", "Records behind the log end", labels=["topic", "partition"])
+        # labelled like kafka-lag-exporter's series (group, topic, partition), so dashboards built for it fit
+        labels = ["group", "topic", "partition"]
+        records = GaugeMetricFamily("featsieve_consumer_lag_records", "Records behind the log end", labels=labels)
         seconds = GaugeMetricFamily(
-            "featsieve_consumer_lag_seconds", "Event-time behind the newest record seen", labels=["topic", "partition"]
+            "featsieve_consumer_lag_seconds", "Event-time behind the newest record seen", labels=labels
         )
         for (topic, partition), (lag_records, lag_seconds) in sorted(self._lag().items()):
-            records.add_metric([topic, str(partition)], lag_records)
-            seconds.add_metric([topic, str(partition)], lag_seconds)
+            records.add_metric([self._group, topic, str(partition)], lag_records)
+            seconds.add_metric([self._group, topic, str(partition)], lag_seconds)
         yield records
         yield seconds
         yield GaugeMetricFamily("featsieve_join_buffer_impressions", "Impressions waiting for a click or expiry", value=self._join())
@@ -115,4 +177,11 @@ class LiveGauges(Collector):
             ("featsieve_mask_age_seconds", self._mask, "Seconds since the last mask publish"),
         ):
             last = getter()
-            yield GaugeMetricFamily(name, text, value=(now - last) if last is not None else float("nan"))
+            yield GaugeMetricFamily(name, text + " (NaN before the first)", value=(now - last) if last is not None else float("nan"))
+        for name, getter, text in (
+            ("featsieve_last_checkpoint_timestamp_seconds", self._ckpt, "Unix time of the last checkpoint"),
+            ("featsieve_last_mask_publish_timestamp_seconds", self._mask_ts,
+             "Unix time of this instance's last mask publish"),
+        ):
+            last = getter()
+            yield GaugeMetricFamily(name, text + " (0 before the first)", value=last if last is not None else 0.0)

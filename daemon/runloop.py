@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -93,6 +94,7 @@ TOPIC_WAIT_S = 5.0  # at start-up, how long to wait for the input topics' metada
 INPUT_METADATA_MAX_AGE_MS = 30_000
 SIGNAL_GRACE_S = 2.0  # a second signal within this of the first is the same stop request
 SHUTDOWN_DLQ_WAIT_S = 30.0  # at shutdown, how long dead letters may still take to be delivered
+GATE_DRAIN_TIMEOUT_S = 600.0  # --exit-at-end: how long the gate model may take to train its queue
 # allocations between young-generation collections, and the older generations' (CPython: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 100)
 
@@ -202,8 +204,11 @@ class Daemon:
         self.group_mode = settings.coordination == "group"
         self.coordinator: Any = None  # daemon.cluster.Coordinator in group mode
         self._fenced_in = 0  # the election generation in which we were last fenced
+        self.last_mask_publish_wall: float | None = None  # this instance's last publish, writer or not now
+        self.metrics.set_instance(model=settings.model_id, group=settings.group_id, coordination=settings.coordination)
         self.metrics.attach(
             LiveGauges(self._lag, self._join_size, lambda: self.last_checkpoint_wall, self._mask_time,
+                       group=settings.group_id, mask_publish_timestamp=lambda: self.last_mask_publish_wall,
                        watermark=lambda: self.event_time[0],
                        dead_letters_waiting=lambda: self.dlq.pending if self.dlq is not None else 0)
         )
@@ -435,6 +440,7 @@ class Daemon:
             self.publisher.version if self.publisher else 0,
         )
         started = self.clock()
+        reached_end = False
         try:
             while not self._stop:
                 if self.coordinator is not None:
@@ -456,10 +462,13 @@ class Daemon:
                 if self.duration_s is not None and now - started >= self.duration_s:
                     break
                 if self.exit_at_end and self._reached_end() and self._election_settled(now):
+                    reached_end = True
                     break
             with self.state_lock:
                 self._settle_in_flight()
             self._final_dead_letters()
+            if reached_end:
+                self._drain_gates()
         except WriterFencedError as exc:
             log.error("%s; stopping without publishing", exc)
             self._close()
@@ -471,7 +480,8 @@ class Daemon:
             self._closing = True
             self._close()
             return 1
-        self.update_mask(force=True)
+        # with gates, the drain above brought their evidence up to the end: publish it
+        self.update_mask(force=True, end_of_input=reached_end and self.trainer is not None)
         with self.state_lock:
             size = self.checkpoint(reason="shutdown")
         log.info(
@@ -768,6 +778,21 @@ class Daemon:
         ).start(self._restored_gates)
         if self.trainer.error is not None:
             raise RuntimeError("gate model failed to start") from self.trainer.error
+
+    def _drain_gates(self) -> None:
+        """At the end of a replay (``--exit-at-end``), let the gate model train what it has queued.
+
+        The gate worker trails the poll loop by up to ``gate_queue_batches`` batches; without this
+        the final mask carried the gate report of an earlier point of the stream, or none at all
+        (the demo's ~114k examples ended with every gate '-' on a busy machine)."""
+        if self.trainer is None:
+            return
+        queued = self.trainer.offered - self.trainer.skipped - self.trainer.trained
+        log.info("end of the input: the gate model trains its %d queued examples before the final mask", queued)
+        try:
+            self.trainer.call(lambda model: None, timeout=GATE_DRAIN_TIMEOUT_S)
+        except (TimeoutError, queue.Full, RuntimeError) as exc:
+            log.warning("the gate model did not finish its queue (%s); the final mask has its last report", exc)
 
     def _poll_once(self) -> None:
         polled_at = time.perf_counter()
@@ -1167,8 +1192,13 @@ class Daemon:
         high, shard = max(marks)
         self.event_time = (min(m for m, _ in marks), high, shard)
 
-    def update_mask(self, force: bool = False) -> None:
-        """Decide under the state lock; publish without it (a publish waits up to 30 s for the
+    def update_mask(self, force: bool = False, end_of_input: bool = False) -> None:
+        """Build the mask; publish it when it changed, a heartbeat is due, or (``force``) nothing
+        was published yet. ``end_of_input`` (``--exit-at-end`` reached the end, gates on) publishes
+        it whatever: the last mask of a replay then carries the gate evidence of the whole input
+        (the demo read back a mask published mid-stream, before any gate window had completed).
+
+        Decided under the state lock, published without it (a publish waits up to 30 s for the
         broker, and rebalance callbacks and /readyz must not wait with it)."""
         assert not self.state_lock._is_owned(), "masks are published without the state lock"  # type: ignore[attr-defined]
         self.last_mask_mono = self.clock()
@@ -1184,7 +1214,7 @@ class Daemon:
             return  # no evidence yet: an empty mask would tell subscribers nothing
         last = self.publisher.last_publish_time
         heartbeat_due = last is None or time.time() - last >= self.s.heartbeat_interval_s
-        if changed or heartbeat_due or force and self.publisher.last_published is None:
+        if changed or heartbeat_due or end_of_input or force and self.publisher.last_published is None:
             trigger = "change" if changed else "heartbeat"
             try:
                 self.publisher.publish(msg)
@@ -1202,6 +1232,7 @@ class Daemon:
             with self.state_lock:
                 self.masks.published(msg)
                 policy = self.masks.snapshot() if self.coordinator is not None else None
+            self.last_mask_publish_wall = self.publisher.last_publish_time
             if self.coordinator is not None:
                 self.coordinator.publish_policy(policy, msg.epoch, msg.version, msg.incarnation)
             self.metrics.mask_publishes.labels(trigger).inc()

@@ -110,7 +110,9 @@ def render(base: str, minutes: float, output: Path, rate_interval: str, allow_em
             value = series[0][1][-1][1]
             unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
             text = f"{value:.0f}" if abs(value) >= 10 or value == int(value) else f"{value:.3g}"
-            text += {"s": " s", "bytes": " B"}.get(unit, "")
+            text += {"s": " s", "bytes": " B", "Bps": " B/s"}.get(unit, "")
+            if p.get("options", {}).get("textMode") == "name":  # e.g. the version, from the legend
+                text = ", ".join(name for name, _ in series)
             ax.text(0.5, 0.45, text, color=COLORS[0], ha="center", va="center", fontsize=22,
                     fontweight="bold", transform=ax.transAxes)
             ax.set_xticks([])

@@ -212,7 +212,7 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_count_once(
             code, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
             if (
                 ready[0] == 200
-                and f'featsieve_consumer_lag_records{{partition="0",topic="{topic}"}} 0.0'
+                and f'featsieve_consumer_lag_records{{group="{unique}",partition="0",topic="{topic}"}} 0.0'
                 in metrics
             ):
                 break

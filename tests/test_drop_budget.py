@@ -130,6 +130,12 @@ def test_gate_strength_needs_windows_and_a_model_better_than_chance() -> None:
     sure = [ev("a", 5e-3, 1e-4), ev("b", 0.0, 1e-4)]
     assert policy.gate_strength(GateEvidence(field_gates={"a": 0.0, "b": 1.0}, windows=2, auc=0.8), sure) == "weak"
     assert policy.gate_strength(GateEvidence(field_gates={"a": 1.0, "b": 0.0}, windows=2, auc=0.8), sure) == "strong"
+    # one of three significant fields closed: a cold model's slip, not a contradiction
+    three = [ev("a", 5e-3, 1e-4), ev("c", 4e-3, 1e-4), ev("d", 3e-3, 1e-4)]
+    one = GateEvidence(field_gates={"a": 0.0, "c": 1.0, "d": 1.0}, windows=2, auc=0.8)
+    assert policy.gate_strength(one, three) == "strong"
+    two = GateEvidence(field_gates={"a": 0.0, "c": 0.0, "d": 1.0}, windows=2, auc=0.8)
+    assert policy.gate_strength(two, three) == "weak"
     # gates whose own closings cost the model more than the drop budget have not earned a vote
     assert policy.gate_strength(GateEvidence(field_gates=gates, windows=2, auc=0.7, auc_gated=0.697)) == "weak"
     assert policy.gate_strength(GateEvidence(field_gates=gates, windows=2, auc=0.7, auc_gated=0.699)) == "strong"

@@ -116,3 +116,25 @@ def test_connections_beyond_the_bound_are_refused_not_queued(server: HealthServe
             return
         time.sleep(0.2)
     raise AssertionError("slots were not released")
+
+
+def test_a_client_that_hangs_up_before_the_answer_leaves_no_traceback(
+    server: HealthServer, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A scrape that timed out (Prometheus closed the connection) made the answer's write fail with
+    BrokenPipe/ConnectionReset, and socketserver printed a traceback to the daemon's stderr."""
+    import struct
+
+    def slow_metrics(registry: CollectorRegistry) -> bytes:
+        time.sleep(0.5)  # the client is gone by now
+        return b"# x\n" * 2_000_000
+
+    monkeypatch.setattr(health, "generate_latest", slow_metrics)
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    s.close()
+    time.sleep(1.5)
+    assert raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.0 200")
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "ConnectionReset" not in err, err

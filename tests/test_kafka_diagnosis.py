@@ -82,3 +82,37 @@ def test_secrets_are_redacted_from_messages_and_tracebacks() -> None:
         log.removeHandler(handler)
     text = out.getvalue()
     assert "hunter22" not in text and text.count("***") >= 2, text
+
+
+def test_a_request_cancelled_by_our_own_close_is_not_an_error() -> None:
+    """Closing a client with a metadata refresh in flight fails it with ``Cancelled``: not logged.
+    The same message with a real error still is."""
+    from kafka.errors import Cancelled, KafkaConnectionError
+
+    out = io.StringIO()
+    diag = KafkaDiagnosis(logging.StreamHandler(out))
+    diag.handle(logging.LogRecord("kafka.cluster", logging.ERROR, __file__, 1, "Metadata refresh: failed %s",
+                                  (Cancelled(),), None))
+    assert out.getvalue() == ""
+    diag.handle(logging.LogRecord("kafka.cluster", logging.ERROR, __file__, 1, "Metadata refresh: failed %s",
+                                  (KafkaConnectionError("boom"),), None))
+    assert "Metadata refresh: failed" in out.getvalue()
+
+
+def test_forwarded_kafka_records_respect_the_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    from connectors import kafka_io
+    from daemon.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    forward = kafka_io._diagnosis.forward if kafka_io._diagnosis is not None else None
+    try:
+        setup_logging(level="ERROR")
+        logging.getLogger("kafka.coordinator").warning("group %s rebalancing (level test)", "g")
+        logging.getLogger("kafka.coordinator").error("group %s failed (level test)", "g")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        kafka_io.install_kafka_diagnosis(forward=forward)
+    err = capsys.readouterr().err
+    assert "failed (level test)" in err and "rebalancing (level test)" not in err

@@ -47,3 +47,11 @@ def test_clients_use_the_large_reads() -> None:
     assert kafka_io.read_sockets_in_large_chunks()
     assert transport.KafkaSSLTransport._sock_recv is kafka_io._read_available
     assert kafka_io.RECV_BYTES >= 64 * 1024
+
+
+def test_a_read_scheduled_before_the_client_closed_the_transport_is_not_an_error() -> None:
+    """Closing a client sets the transport's socket to None; a read already scheduled then
+    raised AttributeError in kafka-python's task loop ('ERROR kafka.net.selector: Unhandled
+    exception in task', a traceback, seen in `featsieve masks --get` and the demo)."""
+    data, err = kafka_io._read_available(SimpleNamespace(_sock=None))
+    assert data == b"" and isinstance(err, KafkaConnectionError)
