@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv tools demo test test-fast lint kafka-up kafka-down kafka-status bench clean
+.PHONY: help venv tools demo test test-fast mutants lint kafka-up kafka-down kafka-status bench clean
 
 help:
 	@echo "make demo        set up, start local Kafka, generate a stream, run the daemon, show the mask vs ground truth"
 	@echo "make test        set up, start local Kafka, run the whole test suite"
 	@echo "make test-fast   unit tests only (no broker)"
+	@echo "make mutants     the meta-check: each formerly unfalsifiable test fails on a build broken for it"
 	@echo "make lint        ruff, import contracts, mypy"
 	@echo "make kafka-up | kafka-down | kafka-status"
 
@@ -43,6 +44,9 @@ test: venv tools
 
 test-fast: venv
 	$(BIN)/pytest -m "not broker and not slow and not prometheus" -q
+
+mutants: venv tools
+	@scripts/test tests/test_mutants.py
 
 lint: venv
 	$(BIN)/ruff check daemon connectors models tests client

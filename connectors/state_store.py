@@ -28,24 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from connectors import failpoints
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"FEATSIEVE-SNAPSHOT\n"
 FORMAT_VERSION = 1
 _HEADER = struct.Struct(">HQ32s")  # format version, payload length, sha256
 _NAME = re.compile(r"^snapshot-(\d{12})\.bin$")
-
-
-def _failpoint(name: str, sequence: int, fh: Any) -> None:
-    """Crash tests only: ``FEATSIEVE_FAILPOINT=snapshot_write:N`` kills the process in write N.
-
-    The process dies as from SIGKILL, with the temp file half written, so tests
-    can prove that a crash inside a checkpoint loses nothing. Unset in production.
-    """
-    spec = os.environ.get("FEATSIEVE_FAILPOINT")
-    if spec and spec == f"{name}:{sequence}":
-        fh.flush()
-        os._exit(137)
 
 
 class SnapshotError(RuntimeError):
@@ -102,7 +92,7 @@ class SnapshotStore:
             fh.write(_HEADER.pack(FORMAT_VERSION, len(payload), digest))
             half = len(payload) // 2
             fh.write(payload[:half])
-            _failpoint("snapshot_write", sequence, fh)
+            failpoints.hit("snapshot_write", sequence, flush=fh)  # tests: a crash mid-write
             fh.write(payload[half:])
             fh.flush()
             os.fsync(fh.fileno())

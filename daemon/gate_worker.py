@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from connectors import failpoints
+
 log = logging.getLogger(__name__)
 
 # The trainer thread's nice value (Linux: each thread has its own). The poll loop and the decode
@@ -171,6 +173,7 @@ class GateTrainer:
         return all_h, all_y
 
     def _learn(self, hashes: np.ndarray, labels: np.ndarray) -> None:
+        failpoints.hit("gate_learn")  # tests: a trainer that stands still fills its queue
         try:
             self.model.learn(hashes, labels)
             self.trained += len(labels)

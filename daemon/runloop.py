@@ -41,6 +41,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
 
+from connectors import failpoints
 from connectors.codec import Limits
 from connectors.dead_letters import DeadLetterQueue, DeadLettersUndelivered
 from connectors.decode_worker import (
@@ -471,6 +472,7 @@ class Daemon:
                 self._drain_gates()
         except WriterFencedError as exc:
             log.error("%s; stopping without publishing", exc)
+            failpoints.hit("writer_fenced", until=lambda: self._stop)  # tests: stand still, fenced
             self._close()
             return 3
         except DeadLettersUndelivered as exc:
@@ -825,6 +827,8 @@ class Daemon:
                 batch = {}
             self._take(batch)
         self.last_batch_done_at = time.perf_counter()
+        if batch:
+            failpoints.hit("poll", until=lambda: self._stop)  # tests: stand still with a batch applied
         if self.trainer is not None:
             self.trained_at_last_batch = self.trainer.trained
 

@@ -16,7 +16,17 @@ from connectors.codec import EventError, Impression, Limits, decode, encode
 from connectors.kafka_io import KafkaEndpoint, make_producer
 from connectors.state_store import SnapshotStore
 from connectors.synthetic import GeneratorConfig, generate
-from tests.conftest import BIN, ROOT, free_port, http_get, kcat_read
+from tests.conftest import (
+    BIN,
+    ROOT,
+    free_port,
+    http_get,
+    kcat_read,
+    metric_samples,
+    read_records,
+    scrape,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -129,30 +139,24 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_count_once(
     bootstrap: str, unique: str, tmp_path: Path
 ) -> None:
     distinct = hypothesis_draws(malformed, 500)
-    bad = distinct * 5  # 2500 malformed events
-    limits = Limits()
-    expected_bad = 0
-    for raw in bad:
-        try:
-            decode(raw, limits)
-        except EventError:
-            expected_bad += 1
-    assert expected_bad >= 2400  # the strategy makes almost only invalid events
+    bad = distinct * 5  # 2500 malformed events (the strategy keeps only values decode rejects)
+    # every third one keyed: a dead letter keeps the original key, and says so in a header
+    bad_keys = [f"bad-{i}".encode() if i % 3 == 0 else None for i in range(len(bad))]
 
     good = list(generate(GeneratorConfig(seed=9, n_impressions=6000, preset="small", event_rate=5)))
     n_impressions = sum(isinstance(e, Impression) for e in good)
     producer = make_producer(KafkaEndpoint(bootstrap=(bootstrap,)), max_request_size=1 << 21)
     topic = f"{unique}.events"  # one topic with mixed types works too
     stride = max(1, len(good) // len(bad))
-    bad_iter = iter(bad)
+    bad_iter = iter(zip(bad_keys, bad, strict=True))
     for i, ev in enumerate(good):
         producer.send(topic, key=ev.id.encode(), value=encode(ev))
         if i % stride == 0:
-            raw = next(bad_iter, None)
-            if raw is not None:
-                producer.send(topic, value=raw)
-    for raw in bad_iter:
-        producer.send(topic, value=raw)
+            kv = next(bad_iter, None)
+            if kv is not None:
+                producer.send(topic, key=kv[0], value=kv[1])
+    for key, raw in bad_iter:
+        producer.send(topic, key=key, value=raw)
     # valid events whose event time the join cannot place: 1970, and a year ahead of the stream
     stale = [
         {"type": "impression", "id": f"old{i}", "ts": 1000 + i, "features": {"a": 1}}
@@ -163,7 +167,9 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_count_once(
     ]
     for ev in stale + ahead:
         producer.send(topic, value=orjson.dumps(ev))
-    expected_bad += len(stale) + len(ahead)
+    dead = [(key, raw) for key, raw in zip(bad_keys, bad, strict=True)]
+    dead += [(None, orjson.dumps(ev)) for ev in stale + ahead]
+    expected_bad = len(dead)
     producer.flush()
     producer.close()
 
@@ -203,20 +209,13 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_count_once(
         text=True,
     )
     try:
-        deadline = time.time() + 120
-        ready = (0, "")
-        while time.time() < deadline:
-            time.sleep(0.5)
+        def caught_up() -> bool:
             assert daemon.poll() is None, "the daemon stopped on bad input"
-            ready = http_get(f"http://127.0.0.1:{port}/readyz")
-            code, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
-            if (
-                ready[0] == 200
-                and f'featsieve_consumer_lag_records{{group="{unique}",partition="0",topic="{topic}"}} 0.0'
-                in metrics
-            ):
-                break
-        assert ready[0] == 200, ready
+            lag = metric_samples(scrape(port), "featsieve_consumer_lag_records")
+            return (http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+                    and lag.get((("group", unique), ("partition", "0"), ("topic", topic))) == 0.0)
+
+        wait_until(caught_up, 120, "/readyz 200 and no lag", interval=0.5)
     finally:
         daemon.terminate()
         _, err = daemon.communicate(timeout=60)
@@ -232,6 +231,17 @@ def test_malformed_events_go_to_the_dlq_and_good_ones_count_once(
     assert len(letters) == expected_bad, (collections.Counter(reasons), repeated[:20])  # exactly once
     assert all(reasons), "every dead letter says why"
     assert reasons.count("ts_out_of_range") == len(stale) + len(ahead)
+    # each letter is the bad record untouched, and its headers point at that record
+    records = read_records(KafkaEndpoint(bootstrap=(bootstrap,)), f"{unique}.dlq")
+    assert sorted((r.key or b"", r.value) for r in records) == sorted((k or b"", v) for k, v in dead)
+    source = {(r.partition, r.offset): r for r in read_records(KafkaEndpoint(bootstrap=(bootstrap,)), topic)}
+    for r in records:
+        h = r.headers
+        assert h["featsieve.source.topic"] == topic, h
+        origin = source[(int(h["featsieve.source.partition"]), int(h["featsieve.source.offset"]))]
+        assert (origin.key, origin.value) == (r.key, r.value), h
+        assert h.get("featsieve.original.key") == (r.key.decode() if r.key is not None else None), h
+        assert 0 < len(h["featsieve.detail"].encode()) <= 512, h
     assert {
         "not_json",
         "too_large",

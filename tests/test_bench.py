@@ -39,13 +39,34 @@ def test_mi_suite_reports_its_rate() -> None:
 @pytest.mark.slow
 def test_e2e_suite_measures_the_daemon_against_the_consumer_ceiling(bootstrap: str) -> None:
     result = _bench("e2e", "--size", "tiny", "--bootstrap", bootstrap)
-    assert result["suite"] == "e2e"
-    assert 0 < result["ratio"] < 1.5
-    # the daemon cannot be much faster than bare poll + decode reading batches as it does
-    assert result["ceiling_fast_reader_events_per_s"] > 0 and 0 < result["ratio_vs_fast_reader_ceiling"] < 1.5
-    assert result["daemon_gates_off_events_per_s"] > 0 and result["daemon_gates_on_events_per_s"] > 0
+    # the shape and the arithmetic of the report; how fast is the benchmark's business
+    # (docs/performance.md quotes it), never a test's: a ratio bound fails on a busy machine
+    assert result["suite"] == "e2e" and result["events"] > 0
+    rates = {k: v for k, v in result.items() if k.endswith("events_per_s") and isinstance(v, float)}
+    assert {"ceiling_events_per_s", "ceiling_fast_reader_events_per_s", "daemon_gates_off_events_per_s",
+            "daemon_gates_on_events_per_s"} <= set(rates) and all(v > 0 for v in rates.values()), rates
+    assert result["ratio"] == result["daemon_gates_off_events_per_s"] / result["ceiling_events_per_s"]
+    assert result["ratio_gates_on"] == result["daemon_gates_on_events_per_s"] / result["ceiling_events_per_s"]
+    assert result["ratio_vs_fast_reader_ceiling"] == (result["daemon_gates_off_events_per_s"]
+                                                      / result["ceiling_fast_reader_events_per_s"])
 
 
 def test_unknown_suite_is_refused() -> None:
     proc = featsieve("bench", "nope", check=False)
     assert proc.returncode == 2 and "unknown suite" in proc.stderr
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_instances_suite_runs_one_two_and_three_group_instances(bootstrap: str) -> None:
+    """`bench instances`: its report's shape and arithmetic, not its speed."""
+    result = _bench("instances", "--size", "tiny", "--bootstrap", bootstrap)
+    assert result["suite"] == "instances" and result["events"] > 0 and result["partitions"] == 6
+    runs = result["runs"]
+    assert [r["instances"] for r in runs] == [1, 2, 3]
+    for r in runs:
+        assert r["seconds"] > 0 and r["events_per_s"] == result["events"] / r["seconds"]
+        assert r["ratio"] == r["events_per_s"] / runs[0]["events_per_s"]
+        # group mode publishes every shard's state: some bytes per event, in each run
+        assert r["stats_bytes"] > 0 and r["stats_bytes_per_event"] == r["stats_bytes"] / result["events"]
+    assert runs[0]["ratio"] == 1.0 and result["ratio"] == runs[-1]["ratio"]

@@ -88,7 +88,16 @@ def test_tiny_suite_shape_and_its_single_instance_equals_a_direct_run() -> None:
         assert 0.0 <= r["f1"] <= 1.0 and r["train_examples_per_s"] > 0
         assert set(r["metrics"]) >= {"auc_gated", "auc_ungated", "logloss_gated", "logloss_ungated"}
         assert set(r["vs_single"]) >= {"f1_diff", "f1_ratio", "auc_gated_diff", "logloss_gated_ratio"}
-    assert result["runs"][0]["vs_single"]["f1_diff"] == 0.0
+    # every run is compared with the single instance, recomputed here from the runs themselves
+    base = result["runs"][0]
+    for r in result["runs"]:
+        vs, m, b = r["vs_single"], r["metrics"], base["metrics"]
+        assert vs["f1_diff"] == r["f1"] - base["f1"]
+        assert vs["f1_ratio"] == (r["f1"] / base["f1"] if base["f1"] else None)
+        assert vs["held_f1_diff"] == r["held"]["f1"] - base["held"]["f1"]
+        assert vs["auc_gated_diff"] == m["auc_gated"] - b["auc_gated"]
+        assert vs["logloss_gated_ratio"] == m["logloss_gated"] / b["logloss_gated"]
+    assert result["ratio"] == result["runs"][-1]["vs_single"]["f1_ratio"]
 
     # the baseline, computed without the suite: the whole stream in order through one model
     torch.set_num_threads(1)

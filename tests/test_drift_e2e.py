@@ -22,13 +22,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
+import threading
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import BIN, ROOT, featsieve, kcat_read
+from tests.conftest import BIN, ROOT, featsieve, kcat_read, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -77,17 +77,26 @@ def test_mask_follows_drift_within_the_horizon_without_flapping(bootstrap: str, 
 
     follow = subprocess.Popen(
         [str(BIN / "featsieve"), "masks", "--bootstrap", bootstrap, "--mask-topic", f"{unique}.masks",
-         "--follow", unique], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+         "--follow", unique], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(follow.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+
+    def shown(version: int) -> bool:
+        return any(line.startswith(f"--- model {unique} ") and line.split()[-1] == str(version) for line in list(lines))
+
     try:
-        time.sleep(3)  # the follower reads the topic to its end before the daemon adds to it
+        # the follower has read the topic to its end (it shows the latest mask) before the daemon adds to it
+        wait_until(lambda: shown(pre["version"]), 60, f"the follower to show version {pre['version']}")
         featsieve("run", *common, "--exit-at-end")
-        time.sleep(3)
+        masks = [orjson.loads(line.split("\t", 1)[1]) for line in kcat_read(bootstrap, f"{unique}.masks")
+                 if line.startswith(unique + "\t")]
+        wait_until(lambda: shown(masks[-1]["version"]), 60, f"the follower to show version {masks[-1]['version']}")
     finally:
         follow.send_signal(signal.SIGINT)
-        followed, _ = follow.communicate(timeout=30)
-
-    masks = [orjson.loads(line.split("\t", 1)[1]) for line in kcat_read(bootstrap, f"{unique}.masks")
-             if line.startswith(unique + "\t")]
+        follow.wait(timeout=30)
+        reader.join(30)
+    followed = "".join(lines)
     versions = [m["version"] for m in masks]
     assert versions == sorted(set(versions)), versions
     assert len(masks) <= MAX_VERSIONS, [(m["version"], m["watermark"]) for m in masks]

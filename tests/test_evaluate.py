@@ -188,3 +188,62 @@ def test_featsieve_mask_reaches_all_fields_auc_on_generated_data(tmp_path: Path)
         assert random_pts[ratio] < mi_pts[ratio] - 0.05, (random_pts, mi_pts)
     assert r["aukc"]["topk-random"] < r["aukc"]["topk-mi"] - 0.02
     assert (out / "auc_vs_fields.png").stat().st_size > 10_000
+
+
+def _rank_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the Mann-Whitney rank formula, ties given their average rank (written here, not
+    imported: an independent check of the evaluation's streaming histograms)."""
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    ranks = np.empty(len(s))
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1  # 1-based average rank of the tie
+        i = j + 1
+    pos = labels.astype(bool)
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def test_every_reported_auc_is_the_rank_auc_of_the_predictions_it_scored(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each method's AUC in evaluation.json, recomputed from the very predictions it was made of."""
+    seen: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    reported: dict[int, float | None] = {}
+    update, merge, auc = ScoreHistogram.update, ScoreHistogram.merge, ScoreHistogram.auc
+
+    def recording_update(self: ScoreHistogram, labels: np.ndarray, probs: np.ndarray) -> None:
+        seen.setdefault(id(self), []).append((np.asarray(labels).copy(), np.asarray(probs, dtype=np.float64).copy()))
+        update(self, labels, probs)
+
+    def recording_merge(self: ScoreHistogram, other: ScoreHistogram) -> None:
+        seen.setdefault(id(self), []).extend(seen.get(id(other), []))
+        merge(self, other)
+
+    def recording_auc(self: ScoreHistogram) -> float | None:
+        reported[id(self)] = value = auc(self)
+        return value
+
+    monkeypatch.setattr(ScoreHistogram, "update", recording_update)
+    monkeypatch.setattr(ScoreHistogram, "merge", recording_merge)
+    monkeypatch.setattr(ScoreHistogram, "auc", recording_auc)
+    data = tmp_path / "small.csv"
+    _write_csv(data, 4000, seed=5)
+    result = _evaluate(data, tmp_path / "out")
+
+    recomputed = {}
+    for key, value in reported.items():
+        y = np.concatenate([labels for labels, _ in seen[key]])
+        p = np.clip(np.concatenate([probs for _, probs in seen[key]]), 1e-7, 1 - 1e-7)
+        assert len(y) == result["evaluated_rows"]  # every evaluated row scored once, by every method
+        recomputed[value] = _rank_auc(y, np.log(p) - np.log1p(-p))
+    points = [(m, p) for m, v in result["methods"].items() for p in v["points"]]
+    assert len(points) >= 10
+    for method, point in points:
+        assert point["auc"] in recomputed, (method, point)
+        # the histogram ranks logits in 2**15 bins over [-16, 16]: ties within a bin cost at most this
+        assert point["auc"] == pytest.approx(recomputed[point["auc"]], abs=2e-3), (method, point)
+    assert len({round(v, 6) for v in recomputed.values()}) > 3  # the methods do differ

@@ -122,7 +122,8 @@ def test_label_pure_small_batches_are_harmless_once_recut() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 def test_the_trainer_thread_runs_at_a_lower_priority_than_the_loop() -> None:
     """When the cores are busy the poll loop and the decode worker come first; the trainer's
-    queue then fills and its sampling rate, reported, drops (test above) instead of the loop's rate."""
+    queue then fills and its sampling rate, reported, drops instead of the loop's rate
+    (tests/test_gates_e2e.py fills a real daemon's queue and watches the rate drop and recover)."""
     from daemon.gate_worker import GATE_THREAD_NICE
 
     trainer = _trainer(64)

@@ -40,7 +40,7 @@ def test_new_partitions_are_assigned_when_the_join_is_answered_between_polls(boo
         until = time.monotonic() + 3
         while time.monotonic() < until:
             consumer.poll(timeout_ms=0)
-            time.sleep(0.1)
+            time.sleep(0.1)  # the stimulus itself: time between polls, not a wait for anything
         deadline = time.monotonic() + 30
         while len(consumer.assignment()) != 4 and time.monotonic() < deadline:
             consumer.poll(timeout_ms=200)

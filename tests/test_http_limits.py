@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -12,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from daemon import http as health
 from daemon.config import load_settings
 from daemon.http import HealthServer
+from tests.conftest import BIN, ROOT, free_port, http_get, listening_addresses, wait_until
 
 
 @pytest.fixture
@@ -36,14 +40,31 @@ def raw(port: int, data: bytes, timeout: float = 15) -> bytes:
         return b"".join(chunks)
 
 
-def test_metrics_addr_defaults_to_loopback_and_is_configurable() -> None:
+@pytest.mark.slow  # starts the daemon twice
+@pytest.mark.parametrize("addr", [None, "127.0.0.2"])
+def test_metrics_addr_defaults_to_loopback_and_is_configurable(addr: str | None, tmp_path: Path) -> None:
+    """The daemon itself (a real `featsieve run`) listens where metrics_addr says: loopback by default.
+
+    No broker is needed: the health server answers while the daemon retries its connection.
+    127.0.0.2 is another loopback address, so a daemon that ignored the setting (listening on
+    127.0.0.1, or on every address) would be seen in the kernel's socket table.
+    """
     assert load_settings(env={}).metrics_addr == "127.0.0.1"
-    assert load_settings(env={"FEATSIEVE_METRICS_ADDR": "0.0.0.0"}).metrics_addr == "0.0.0.0"
-    srv = HealthServer(CollectorRegistry(), lambda: (True, "ready"), host="127.0.0.1", port=0)
+    port, nowhere = free_port(), free_port()
+    env = {**os.environ, "FEATSIEVE_BOOTSTRAP": f"127.0.0.1:{nowhere}", "FEATSIEVE_METRICS_PORT": str(port),
+           "FEATSIEVE_STATE_DIR": str(tmp_path / "state"), "FEATSIEVE_GATES": "false"}
+    if addr is not None:
+        env["FEATSIEVE_METRICS_ADDR"] = addr
+    proc = subprocess.Popen([str(BIN / "featsieve"), "run"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert srv._server.server_address[0] == "127.0.0.1"
+        want = addr or "127.0.0.1"
+        got = wait_until(lambda: proc.poll() is None and listening_addresses(port), 60, f"the daemon to listen on {port}")
+        assert got == {want}, got
+        assert http_get(f"http://{want}:{port}/healthz") == (200, "ok\n")
     finally:
-        srv._server.server_close()
+        proc.terminate()
+        proc.wait(60)
 
 
 def test_only_three_paths_no_listing_and_no_body_read(server: HealthServer) -> None:
@@ -98,7 +119,8 @@ def test_a_slow_client_is_cut_off_and_does_not_block_others(server: HealthServer
 def test_connections_beyond_the_bound_are_refused_not_queued(server: HealthServer) -> None:
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(health.MAX_CONNECTIONS)]
     try:
-        time.sleep(0.3)
+        # every slot taken: the server has accepted each held connection
+        wait_until(lambda: server._server._slots._value == 0, 30, "the server to hold every slot")
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         extra.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
         try:
@@ -110,12 +132,9 @@ def test_connections_beyond_the_bound_are_refused_not_queued(server: HealthServe
     finally:
         for s in held:
             s.close()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # slots come back once the holders go
-        if raw(server.port, b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200"):
-            return
-        time.sleep(0.2)
-    raise AssertionError("slots were not released")
+    # slots come back once the holders go
+    wait_until(lambda: raw(server.port, b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200"), 10,
+               "the slots to be released")
 
 
 def test_a_client_that_hangs_up_before_the_answer_leaves_no_traceback(

@@ -13,13 +13,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import wait_until
 from tests.private_broker import port_is_free
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,9 +108,6 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaScript]:
     script("down")
 
 
-needs_kcat = pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is not installed")
-
-
 @pytest.mark.broker
 def test_up_is_idempotent_and_status_tracks_it(kafka: KafkaScript) -> None:
     before = kafka("status")
@@ -134,7 +131,6 @@ def test_up_is_idempotent_and_status_tracks_it(kafka: KafkaScript) -> None:
 
 
 @pytest.mark.broker
-@needs_kcat
 def test_produce_consume_round_trip_with_kcat(kafka: KafkaScript) -> None:
     assert kafka("up").returncode == 0
     topic = "script-" + uuid.uuid4().hex[:8]
@@ -169,7 +165,6 @@ def test_stale_pid_file_is_cleaned_and_never_kills_a_stranger(kafka: KafkaScript
 
 
 @pytest.mark.broker
-@needs_kcat
 def test_restart_after_a_hard_kill_keeps_the_data(kafka: KafkaScript) -> None:
     assert kafka("up").returncode == 0
     topic = "durable-" + uuid.uuid4().hex[:8]
@@ -177,9 +172,7 @@ def test_restart_after_a_hard_kill_keeps_the_data(kafka: KafkaScript) -> None:
 
     pid = kafka.pid()
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while (_alive(pid) or _listening(kafka.port)) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not _alive(pid) and not _listening(kafka.port), 30, "the killed broker to be gone")
     assert kafka("status").returncode == 1
 
     up = kafka("up")
@@ -224,10 +217,10 @@ def test_sasl_ssl_listener_with_scram_users(tmp_path: Path) -> None:
     Checked with kafka-python: Debian's kcat (librdkafka 2.0) cannot do SCRAM
     against Kafka 4.x brokers (fixed in librdkafka 2.6.1).
     """
-    if shutil.which("keytool") is None:
-        pytest.skip("keytool (from the JDK) is needed to make a test keystore")
-    kafka_python = pytest.importorskip("kafka")
+    assert shutil.which("keytool"), "keytool (from the JDK scripts/install-tools installs) makes the test keystore"
     import ssl
+
+    import kafka as kafka_python
 
     keystore, cert = tmp_path / "broker.p12", tmp_path / "ca.pem"
     common = ["-alias", "broker", "-keystore", str(keystore), "-storepass", "test-pass"]

@@ -13,7 +13,7 @@ from connectors.kafka_io import KafkaEndpoint
 from connectors.mask_message import FieldEntry, MaskMessage
 from connectors.mask_publisher import MaskPublisher, WriterFencedError
 from connectors.subscriber import MaskSubscriber
-from tests.conftest import BIN, ROOT, featsieve, kcat_read
+from tests.conftest import BIN, ROOT, featsieve, kcat_read, wait_until
 
 pytestmark = [pytest.mark.broker]
 
@@ -54,10 +54,8 @@ def test_versions_late_subscriber_and_fencing(bootstrap: str, unique: str) -> No
         with pytest.raises(WriterFencedError):
             first.publish(mask(first))
         assert first.fenced
-        deadline = time.time() + 20
-        while (sub.current().epoch, sub.current().version) != (2, 4) and time.time() < deadline:
-            time.sleep(0.1)
-        assert (sub.current().epoch, sub.current().version) == (2, 4)
+        wait_until(lambda: (sub.current().epoch, sub.current().version) == (2, 4), 20,
+                   "the subscriber to see the second writer's mask")
         assert seen == sorted(seen) and len(set(seen)) == len(seen)
         assert all(e == 2 for e, _ in seen[seen.index((2, 4)):])
     finally:
@@ -110,10 +108,7 @@ def test_two_daemons_same_model_second_fences_first(bootstrap: str, unique: str,
                               "--state-dir", str(tmp_path / "a")], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 60
-        while not seen and time.time() < deadline:
-            time.sleep(0.2)
-        assert seen, "the first daemon published nothing"
+        wait_until(lambda: seen, 60, "a mask from the first daemon")
         second = subprocess.Popen([str(BIN / "featsieve"), "run", *common, "--group-id", f"{unique}-b",
                                    "--state-dir", str(tmp_path / "b"), "--duration", "8"], cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import shutil
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, ROOT, featsieve, free_port, http_get
+from tests.conftest import BIN, ROOT, featsieve, free_port, http_get, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.prometheus, pytest.mark.slow]
 
@@ -65,10 +64,10 @@ def test_prometheus_scrapes_the_daemon(bootstrap: str, unique: str, tmp_path: Pa
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 120
         version = events = lag = up = ready = []
-        while time.time() < deadline:
-            time.sleep(1)
+
+        def scraped() -> bool:
+            nonlocal version, events, lag, up, ready
             try:
                 up = query(prom_port, 'up{job="featsieve"}')
                 version = query(prom_port, "featsieve_mask_version")
@@ -76,10 +75,14 @@ def test_prometheus_scrapes_the_daemon(bootstrap: str, unique: str, tmp_path: Pa
                 lag = query(prom_port, "featsieve_consumer_lag_records")
                 ready = query(prom_port, "featsieve_ready")  # nothing calls /readyz before this
             except OSError:
-                continue
-            if (up and version and float(version[0]["value"][1]) >= 1 and events and lag
-                    and ready and ready[0]["value"][1] == "1"):
-                break
+                return False
+            return bool(up and version and float(version[0]["value"][1]) >= 1 and events
+                        and float(events[0]["value"][1]) >= 30000 and lag and ready and ready[0]["value"][1] == "1")
+
+        try:
+            wait_until(scraped, 120, "Prometheus to have scraped a ready daemon with a mask", interval=1)
+        except AssertionError:
+            pass  # the assertions below say what is missing
         assert up and up[0]["value"][1] == "1", up
         assert version and float(version[0]["value"][1]) >= 1, version
         assert events and float(events[0]["value"][1]) >= 30000, events
@@ -89,7 +92,13 @@ def test_prometheus_scrapes_the_daemon(bootstrap: str, unique: str, tmp_path: Pa
         code, body = http_get(f"http://127.0.0.1:{metrics_port}/readyz")
         assert code == 200, body
         # the dashboard's own queries, asked of this Prometheus and drawn (scripts/render_dashboard.py)
-        time.sleep(4)  # a few more scrapes, so rate() over the dashboard's interval has two points
+        # a few more scrapes, so rate() over the dashboard's interval has two points
+        def scrapes() -> float:
+            got = query(prom_port, 'count_over_time(up{job="featsieve"}[1h])')
+            return float(got[0]["value"][1]) if got else 0.0
+
+        done = scrapes()
+        wait_until(lambda: scrapes() >= done + 4, 60, "four more scrapes")
         render = _load_script("render_dashboard")
         png = tmp_path / "dashboard.png"
         empty = render.render(f"http://127.0.0.1:{prom_port}", 2.0, png, "10s", allow_empty=True)

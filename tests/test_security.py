@@ -11,6 +11,7 @@ retrying with backoff.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,9 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from connectors.kafka_io import KafkaSecurity
+from connectors.codec import REASONS
+from connectors.join import REJECT_REASON
+from connectors.kafka_io import KafkaEndpoint, KafkaSecurity
 from connectors.subscriber import MaskSubscriber
-from tests.conftest import BIN, ROOT, featsieve, http_get
+from connectors.synthetic import GeneratorConfig, generate
+from daemon.generate import _with_bad
+from tests.conftest import BIN, ROOT, featsieve, http_get, metric_samples, read_records, wait_until
 from tests.private_broker import PrivateBroker, free_ports, make_ca
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -38,6 +43,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
         yield b
     finally:
         b.down()
+
+
+DLQ_REASONS = REASONS | {REJECT_REASON}  # the bounded vocabulary a dead letter's reason comes from
 
 
 def sasl_env(broker: PrivateBroker, tmp_path: Path, password: str = PASSWORD, cafile: Path | None = None) -> dict[str, str]:
@@ -59,7 +67,7 @@ def run_args(unique: str, state: Path, port: int) -> list[str]:
         str(BIN / "featsieve"), "run", "--input-topics", f"{unique}.impressions,{unique}.clicks",
         "--group-id", unique, "--model-id", unique, "--mask-topic", f"{unique}.masks",
         "--dlq-topic", f"{unique}.dlq", "--state-dir", str(state), "--metrics-port", str(port),
-        "--gates", "false", "--min-examples", "200", "--mask-interval-s", "0.5",
+        "--min-examples", "200", "--mask-interval-s", "0.5",  # gates on: the default configuration
     ]
 
 
@@ -74,19 +82,26 @@ def cpu_seconds(pid: int) -> float:
 
 def test_daemon_generate_masks_and_subscriber_work_over_sasl_ssl(broker: PrivateBroker, unique: str, tmp_path: Path) -> None:
     env = sasl_env(broker, tmp_path)
-    featsieve("generate", "--preset", "small", "--impressions", "4000", "--event-rate", "10",
+    featsieve("generate", "--preset", "small", "--impressions", "4000", "--event-rate", "10", "--seed", "3",
               "--input-topics", f"{unique}.impressions,{unique}.clicks", "--bad-fraction", "0.01", env=env)
+    # the malformed events generate mixed in, replayed from its seed: the dead letters to expect
+    bad = [value for _, key, value in _with_bad(generate(GeneratorConfig(seed=3, n_impressions=4000, preset="small",
+                                                                         event_rate=10)), 0.01, 3) if key == b"bad"]
+    assert bad
     port = free_ports(1)
     proc = subprocess.Popen(run_args(unique, tmp_path / "state", port), cwd=ROOT, env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        ready = (0, "")
-        while time.monotonic() < deadline and ready[0] != 200:
+        def ready() -> bool:
             assert proc.poll() is None, "the daemon exited"
-            time.sleep(0.5)
-            ready = http(port, "/readyz")
-        assert ready[0] == 200, ready
+            return http(port, "/readyz")[0] == 200
+
+        wait_until(ready, 90, "/readyz 200 over SASL_SSL", interval=0.5)
+
+        def dead_letters_counted() -> float:
+            return sum(metric_samples(http(port, "/metrics")[1], "featsieve_dead_letters_total").values())
+
+        wait_until(lambda: dead_letters_counted() >= len(bad), 120, f"{len(bad)} dead letters counted")
         _, metrics = http(port, "/metrics")
 
         got = featsieve("masks", "--mask-topic", f"{unique}.masks", "--get", unique, "--json", env=env)
@@ -105,7 +120,22 @@ def test_daemon_generate_masks_and_subscriber_work_over_sasl_ssl(broker: Private
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-3000:]
-    assert "dead_letter" in metrics  # the DLQ producer worked over SASL_SSL too
+    # the DLQ producer worked over SASL_SSL too: every malformed event is on the dead-letter
+    # topic (read back over SASL_SSL), once, untouched, with headers saying why and where from
+    assert sum(metric_samples(metrics, "featsieve_dead_letters_total").values()) == len(bad)
+    security = KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", USER, PASSWORD, cafile=str(broker.ca))
+    letters = read_records(KafkaEndpoint(bootstrap=(broker.sasl_bootstrap,), security=security), f"{unique}.dlq")
+    assert sorted(letter.value for letter in letters) == sorted(bad)
+    sources = {(h["featsieve.source.topic"], h["featsieve.source.partition"], h["featsieve.source.offset"])
+               for h in (letter.headers for letter in letters)}
+    assert len(sources) == len(bad) and {t for t, _, _ in sources} == {f"{unique}.impressions"}
+    written = {(r.partition, r.offset): r.value for r in read_records(
+        KafkaEndpoint(bootstrap=(broker.sasl_bootstrap,), security=security), f"{unique}.impressions")}
+    for letter in letters:
+        source = (int(letter.headers["featsieve.source.partition"]), int(letter.headers["featsieve.source.offset"]))
+        assert written[source] == letter.value, source  # the headers point at the record itself
+        assert letter.key == b"bad" and letter.headers["featsieve.original.key"] == "bad"
+        assert letter.headers["featsieve.reason"] in DLQ_REASONS, letter.headers
     for text in (err, metrics, got.stdout, got.stderr, help_text):
         assert PASSWORD not in text
 
@@ -126,7 +156,7 @@ def test_group_mode_stats_and_control_clients_work_over_sasl_ssl(broker: Private
     # the shard state went through the stats topic, over SASL_SSL as well
     from kafka import TopicPartition
 
-    from connectors.kafka_io import KafkaEndpoint, make_consumer
+    from connectors.kafka_io import make_consumer
 
     security = KafkaSecurity("SASL_SSL", "SCRAM-SHA-512", USER, PASSWORD, cafile=str(broker.ca))
     consumer = make_consumer(KafkaEndpoint(bootstrap=(broker.sasl_bootstrap,), security=security), group_id=None)
@@ -145,14 +175,16 @@ def test_wrong_password_is_not_ready_one_clear_line_no_secret_no_spin(broker: Pr
     proc = subprocess.Popen(run_args(unique, tmp_path / "state", port), cwd=ROOT, env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while http(port, "/readyz")[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        code, body = http(port, "/readyz")
+        code, body = wait_until(lambda: http(port, "/readyz")[0] and http(port, "/readyz"), 30, "/readyz to answer")
         assert code == 503, (code, body)
-        # over several seconds of failing logins, the daemon stays up and nearly idle
+
+        def failed_attempts() -> float:
+            return sum(metric_samples(http(port, "/metrics")[1], "featsieve_kafka_errors_total").values())
+
+        # over three failed logins (and the waits between them) the daemon stays up and nearly idle
+        first = wait_until(failed_attempts, 60, "a first failed login")
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        time.sleep(14)
+        wait_until(lambda: failed_attempts() >= first + 2, 90, "two more failed logins")
         cpu = cpu_seconds(proc.pid) - cpu0
         wall = time.monotonic() - t0
         assert proc.poll() is None, "the daemon exited on a wrong password"
@@ -164,9 +196,10 @@ def test_wrong_password_is_not_ready_one_clear_line_no_secret_no_spin(broker: Pr
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     lines = [line for line in err.splitlines() if "cannot connect to Kafka" in line]
-    assert lines, err[-3000:]
+    assert len(lines) >= 3, err[-3000:]
     assert all("authentication failed" in line for line in lines), lines
-    assert len(lines) <= 4, lines  # backoff: 10 s attempts, then 1, 2, 4 ... s waits
+    waits = [int(m) for m in re.findall(r"retrying in (\d+) s", "\n".join(lines))]
+    assert waits == [min(2**i, 30) for i in range(len(waits))], waits  # backoff: 1, 2, 4 ... s, at most 30
     assert len(err.splitlines()) <= 3 * len(lines) + 10, err[-3000:]  # kafka-python's per-attempt noise is gone
     for text in (err, body, metrics):
         assert wrong not in text and PASSWORD not in text
@@ -185,8 +218,8 @@ def test_connection_faults_name_their_cause(broker: PrivateBroker, unique: str, 
     proc = subprocess.Popen(run_args(unique, tmp_path / "state", port), cwd=ROOT, env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(12)
-        code, body = http(port, "/readyz")
+        code, body = wait_until(lambda: (r := http(port, "/readyz"))[0] == 503 and expected in r[1] and r,
+                                60, f"/readyz to name the cause ({expected})")
         assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
