@@ -27,10 +27,47 @@ Bounds break this on purpose: past ``max_pending`` impressions, or past
 ``max_pending_bytes`` of them (see :func:`pending_cost`), the oldest are
 emitted as negatives early (``evicted``), in (ts, id) order until both bounds
 hold (so a bound lowered at a restart trims at once, deterministically); past ``max_pending_clicks`` the
-oldest waiting click becomes an orphan (``evicted_clicks``). Events older
-than ``watermark - window`` (their window is already closed) or more than
-``max_future_ms`` ahead of the largest ts seen are returned as rejected with
-reason ``ts_out_of_range`` for the dead-letter queue.
+oldest waiting click becomes an orphan (``evicted_clicks``).
+
+**Event time that a few events cannot hijack.** A hostile or broken producer
+must not be able to move the watermark (which would turn every later event
+"too late") with a handful of records. Three rules, all applied to every
+event, a shard's first included:
+
+* *wall clock*: an event more than ``max_clock_skew_ms`` ahead of the wall
+  clock (``now_ms`` given to :meth:`JoinBuffer.process`) is rejected with
+  reason ``ts_ahead_of_clock``. No live event can be from the future; this
+  alone stops a live ratchet and a first event at ts 2**53-1.
+* *robust source mark*: a source's mark is not its largest ``ts`` but the
+  ``quorum``-th largest (while it has sent fewer, the smallest it sent). So
+  fewer than ``quorum`` outliers never move it, however far ahead they are,
+  and a source whose first event is an outlier does not stop holding the
+  watermark back. The watermark is ``min`` over the registered sources' marks
+  minus ``lateness_ms`` (evidence from every source is needed) and never
+  moves back. Cost: the watermark trails the newest data by the time the last
+  ``quorum`` events of the sparsest source span (clicks at 0.2/s per shard
+  and a quorum of 32: 160 s), on top of ``lateness_ms``.
+* *no jumps*: an event more than ``max_future_ms`` ahead of the shard's
+  *frontier* (the largest mark of a source that has had ``2 * quorum - 1``
+  events accepted, so robust to outliers on both sides: a stale event among
+  a source's first ones cannot make it the bound) is rejected as
+  ``ts_out_of_range``: each accepted outlier is at most ``max_future_ms``
+  ahead, so it leaves the top ``quorum`` once real time passes it, and a
+  ratchet (each event a little beyond the previous) is rejected from its
+  second step, since the frontier did not follow the first. A real gap
+  longer than ``max_future_ms`` in a replayed source's event time is
+  dead-lettered too (raise ``max_future_ms`` for such history).
+
+The rules depend only on the data and, for the first, on the wall clock at
+processing; during a replay of history event time runs far faster than the
+wall clock and nothing bounds its speed but the data, so a backfill of days
+works. There is deliberately no rate bound against the wall clock: it would
+make the output depend on processing speed (checkpoints are crash-exact only
+because it does not).
+
+Events older than ``watermark - window`` (their window is already closed)
+are rejected with reason ``ts_out_of_range``. ``JoinResult.rejected`` carries
+each rejection's reason and a detail for the dead-letter queue.
 """
 
 from __future__ import annotations
@@ -38,13 +75,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Container, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any, NamedTuple
 
 from connectors.codec import Click, Event, Features, Impression
 
 REJECT_REASON = "ts_out_of_range"
-SNAPSHOT_FORMAT = 1
+CLOCK_REASON = "ts_ahead_of_clock"
+TOO_LATE = "event time too late: its attribution window has closed"
+TOO_FAR_AHEAD = "event time more than max_future_s ahead of the shard's event time"
+AHEAD_OF_CLOCK = "event time more than max_clock_skew_s ahead of the wall clock"
+SNAPSHOT_FORMAT = 2  # 1: a source's largest ts only (restored as a mark of one event)
 # What a waiting impression costs beside its row, in bytes: its entry in the id dict, the
 # (ts, features) tuple, the (ts, id) key in the run or heap and the id string's header (CPython
 # 3.11, measured with tracemalloc on 100k impressions: ~190 B plus the id's characters).
@@ -77,20 +118,20 @@ class Example(NamedTuple):
 class JoinResult:
     """What one :meth:`JoinBuffer.process` call produced.
 
-    ``rejected`` holds ``(index into the events given, reason)``; ``orphans``
+    ``rejected`` holds ``(index into the events given, reason, detail)``; ``orphans``
     and ``duplicates`` count clicks classified during this call (clicks that
     wait and later turn orphan are counted by :meth:`JoinBuffer.stats`).
     """
 
     examples: list[Example] = field(default_factory=list)
-    rejected: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)
     orphans: int = 0
     duplicates: int = 0
 
 
 _COUNTERS = (
     "orphan_clicks", "duplicate_clicks", "positives", "negatives", "labeled", "too_late",
-    "too_far_ahead", "evicted", "evicted_clicks", "duplicate_impressions",
+    "too_far_ahead", "ahead_of_clock", "evicted", "evicted_clicks", "duplicate_impressions",
 )
 
 
@@ -109,12 +150,22 @@ class JoinBuffer:
         max_future_ms: int = 86_400_000,
         max_pending_clicks: int | None = None,
         sources: Iterable[Source] = (),
+        quorum: int = 1,
+        max_clock_skew_ms: int | None = None,
         max_pending_bytes: int = 1 << 62,
     ) -> None:
         if window_ms < 0 or lateness_ms < 0 or max_future_ms < 0:
             raise ValueError("window_ms, lateness_ms and max_future_ms must be >= 0")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        if quorum < 1:
+            raise ValueError(f"quorum must be >= 1, got {quorum}")
+        if max_clock_skew_ms is not None and max_clock_skew_ms < 0:
+            raise ValueError("max_clock_skew_ms must be >= 0")
+        # quorum 1 is the plain running maximum (offline tools, trusted files); the daemon uses more
+        self.quorum = int(quorum)
+        # None: no wall-clock bound (offline tools); the daemon passes now_ms to process()
+        self.max_clock_skew_ms = None if max_clock_skew_ms is None else int(max_clock_skew_ms)
         if max_pending_bytes < 1:
             raise ValueError(f"max_pending_bytes must be >= 1, got {max_pending_bytes}")
         self.max_pending_bytes = int(max_pending_bytes)
@@ -136,20 +187,56 @@ class JoinBuffer:
         self._clicks: dict[str, list[int]] = {}
         self._click_heap: list[tuple[int, str]] = []
         self._n_clicks = 0
-        self._source_max: dict[Source, int | None] = {s: None for s in sources}
-        self._max_seen: int | None = None
+        # per source, a min-heap of the ``quorum`` largest ts it sent; its head is the source's mark
+        self._source_top: dict[Source, list[int]] = {s: [] for s in sources}
+        # per source, how many events it has had accepted (for when its mark may bound others)
+        self._source_count: dict[Source, int] = {s: 0 for s in sources}
         self._watermark: int | None = None
         self._c = dict.fromkeys(_COUNTERS, 0)
 
     # ------------------------------------------------------------- sources
     def add_source(self, source: Source) -> None:
         """Register a source; until it sends data it holds the watermark where it is."""
-        self._source_max.setdefault(source, None)
+        self._source_top.setdefault(source, [])
+        self._source_count.setdefault(source, 0)
 
     def forget_source(self, source: Source) -> None:
         """Drop a (revoked) source from the watermark. The watermark never moves back."""
-        self._source_max.pop(source, None)
+        self._source_top.pop(source, None)
+        self._source_count.pop(source, None)
         self._update_watermark()
+
+    def set_event_time_bounds(self, quorum: int, max_clock_skew_ms: int | None) -> None:
+        """Apply other bounds to a restored buffer (the settings of this run, not the snapshot's).
+        A smaller quorum keeps each source's largest ``quorum`` timestamps; a larger one makes a
+        source's mark its smallest kept timestamp until it has sent that many more."""
+        if quorum < 1:
+            raise ValueError(f"quorum must be >= 1, got {quorum}")
+        self.quorum = int(quorum)
+        self.max_clock_skew_ms = None if max_clock_skew_ms is None else int(max_clock_skew_ms)
+        for source, top in self._source_top.items():
+            if len(top) > quorum:
+                self._source_top[source] = sorted(top)[-quorum:]
+
+    def source_marks(self) -> dict[Source, int | None]:
+        """Each source's mark: its ``quorum``-th largest ts (the smallest while it sent fewer)."""
+        return {s: (top[0] if top else None) for s, top in self._source_top.items()}
+
+    @property
+    def _established(self) -> int:
+        """Accepted events after which a source's mark bounds what is too far ahead: 2k-1, so that
+        a stale event (ts 0, say) among a source's first ones can be its mark only if k of them
+        are as stale; otherwise the bound would sit at 1970 and reject everything after it."""
+        return 2 * self.quorum - 1
+
+    @property
+    def frontier_ms(self) -> int | None:
+        """The largest mark of a source that has had ``2 * quorum - 1`` events accepted: how far
+        this shard's event time has credibly got (None before any source has)."""
+        n = self._established
+        counts = self._source_count
+        marks = [top[0] for s, top in self._source_top.items() if top and counts.get(s, 0) >= n]
+        return max(marks) if marks else None
 
     @property
     def watermark_ms(self) -> int | None:
@@ -180,49 +267,72 @@ class JoinBuffer:
         return self._n_clicks
 
     def _update_watermark(self) -> None:
-        marks = [m for m in self._source_max.values() if m is not None]
-        if not marks or len(marks) < len(self._source_max):
+        tops = self._source_top.values()
+        if not tops or not all(tops):
             return
+        marks = [top[0] for top in tops]
         wm = min(marks) - self.lateness_ms
         if self._watermark is None or wm > self._watermark:
             self._watermark = wm
 
     # ------------------------------------------------------------- processing
-    def process(self, events: Sequence[Event], source: Source,
+    def process(self, events: Sequence[Event], source: Source, now_ms: int | None = None,
                 accepted: Callable[[int, Event], None] | None = None,
                 watch: Container[int] = ()) -> JoinResult:
         """Join a batch of decoded events from ``source``; returns positives, labeled examples,
-        early negatives from eviction, and the indices of events rejected as out of range.
+        early negatives from eviction, and the indices of events rejected (with reason and detail).
 
-        ``accepted(i, event)`` is called for each event whose index is in ``watch`` once it has
-        passed the range checks and before it is joined (it may replace ``event.features``): the
-        daemon counts the field names of accepted events there, never those of rejected ones.
-        The watermark moves at the end of the batch; call :meth:`expire` to get the negatives
-        whose window it closed.
+        ``now_ms`` is the wall clock (epoch ms) for the ``max_clock_skew_ms`` bound; without it
+        (or without that bound) only the event-time rules apply. ``accepted(i, event)`` is called
+        for each event whose index is in ``watch`` once it has passed the range checks and before
+        it is joined (it may replace ``event.features``): the daemon counts the field names of
+        accepted events there, never those of rejected ones. The watermark moves at the end of the
+        batch; call :meth:`expire` to get the negatives whose window it closed.
         """
         res = JoinResult()
         out = res.examples
+        rejected = res.rejected
         c = self._c
         orphans0, dups0 = c["orphan_clicks"], c["duplicate_clicks"]
         wm = self._watermark
         too_old = -(2**63) if wm is None else wm - self.window_ms
+        frontier = self.frontier_ms
         ahead = self.max_future_ms
-        max_seen = self._max_seen
-        smax = self._source_max.get(source)
+        unbounded = 2**63
+        too_new = unbounded if frontier is None else frontier + ahead
+        if now_ms is not None and self.max_clock_skew_ms is not None:
+            clock_limit = int(now_ms) + self.max_clock_skew_ms
+        else:
+            clock_limit = 2**63
+        top = self._source_top.setdefault(source, [])
+        count = self._source_count.get(source, 0)
+        established = self._established
+        k = self.quorum
+        head = top[0] if len(top) >= k else None  # a new ts enters the top k only above this
         for i, ev in enumerate(events):
             ts = ev.ts
             if ts < too_old:
                 c["too_late"] += 1
-                res.rejected.append((i, REJECT_REASON))
+                rejected.append((i, REJECT_REASON, TOO_LATE))
                 continue
-            if max_seen is not None and ts > max_seen + ahead:
+            if ts > clock_limit:
+                c["ahead_of_clock"] += 1
+                rejected.append((i, CLOCK_REASON, AHEAD_OF_CLOCK))
+                continue
+            if ts > too_new:
                 c["too_far_ahead"] += 1
-                res.rejected.append((i, REJECT_REASON))
+                rejected.append((i, REJECT_REASON, TOO_FAR_AHEAD))
                 continue
-            if smax is None or ts > smax:
-                smax = ts
-                if max_seen is None or ts > max_seen:
-                    max_seen = ts
+            count += 1
+            if head is None:
+                heappush(top, ts)
+                if len(top) >= k:
+                    head = top[0]
+            elif ts > head:
+                heapreplace(top, ts)
+                head = top[0]
+            if head is not None and count >= established and (too_new == unbounded or head + ahead > too_new):
+                too_new = head + ahead  # the mark rose (or the source is now established): so does the bound
             if accepted is not None and i in watch:
                 accepted(i, ev)
             kind = type(ev)
@@ -235,8 +345,7 @@ class JoinBuffer:
                 out.append(Example(ts, ev.features, label))  # type: ignore[arg-type]
                 c["labeled"] += 1
                 c["positives" if label else "negatives"] += 1
-        self._source_max[source] = smax
-        self._max_seen = max_seen
+        self._source_count[source] = count
         self._update_watermark()
         res.orphans = c["orphan_clicks"] - orphans0
         res.duplicates = c["duplicate_clicks"] - dups0
@@ -420,11 +529,11 @@ class JoinBuffer:
                 "window_ms": self.window_ms, "lateness_ms": self.lateness_ms,
                 "max_pending": self.max_pending, "max_future_ms": self.max_future_ms,
                 "max_pending_clicks": self.max_pending_clicks, "max_pending_bytes": self.max_pending_bytes,
+                "quorum": self.quorum, "max_clock_skew_ms": self.max_clock_skew_ms,
             },
             "impressions": [[i, t, f] for i, (t, f) in self._imps.items()],
             "clicks": [[i, list(cts)] for i, cts in self._clicks.items()],
-            "sources": [[s, m] for s, m in self._source_max.items()],
-            "max_seen": self._max_seen,
+            "sources": [[s, sorted(top), self._source_count.get(s, 0)] for s, top in self._source_top.items()],
             "watermark": self._watermark,
             "counters": dict(self._c),
         }
@@ -433,9 +542,10 @@ class JoinBuffer:
     def restore(cls, snap: dict[str, Any]) -> JoinBuffer:
         """Rebuild a buffer from :meth:`snapshot` (also after a JSON round trip: list sources
         become tuples)."""
-        if snap.get("format") != SNAPSHOT_FORMAT:
+        fmt = snap.get("format")
+        if fmt not in (1, SNAPSHOT_FORMAT):
             raise ValueError(
-                f"join snapshot format {snap.get('format')!r}, expected {SNAPSHOT_FORMAT}"
+                f"join snapshot format {fmt!r}, expected 1 or {SNAPSHOT_FORMAT}"
             )
         buf = cls(**snap["config"])
         buf._imps = {i: (int(t), f) for i, t, f in snap["impressions"]}
@@ -444,10 +554,16 @@ class JoinBuffer:
         buf._click_heap = [(ct, i) for i, cts in buf._clicks.items() for ct in cts]
         heapify(buf._click_heap)
         buf._n_clicks = sum(len(cts) for cts in buf._clicks.values())
-        buf._source_max = {
-            (tuple(s) if isinstance(s, list) else s): m for s, m in snap["sources"]
-        }
-        buf._max_seen = snap["max_seen"]
+        tops: dict[Source, list[int]] = {}
+        counts: dict[Source, int] = {}
+        for s, m, *rest in snap["sources"]:
+            if fmt == 1:  # the largest ts only: a mark of one event (a sorted list is a heap)
+                m = [] if m is None else [int(m)]
+            key = tuple(s) if isinstance(s, list) else s
+            tops[key] = [int(t) for t in m]
+            counts[key] = int(rest[0]) if rest else len(m)
+        buf._source_top = tops
+        buf._source_count = counts
         buf._watermark = snap["watermark"]
         buf._c.update(snap["counters"])
         buf._bytes = buf._recount_bytes()

@@ -40,6 +40,10 @@ BAKED: tuple[Baked, ...] = (
     Baked("mi_tail_buckets", False, "the layout of the MI counts"),
     Baked("mi_block_s", False, "the MI counts are kept in blocks of this length"),
     Baked("max_future_s", True, "applies to events read from now on"),
+    Baked("max_clock_skew_s", True, "applies to events read from now on (a watermark already further ahead of the "
+          "wall clock makes /readyz fail)"),
+    Baked("watermark_quorum", True, "a smaller quorum keeps each source's largest timestamps; a larger one holds a "
+          "source's mark at its smallest kept timestamp until it has sent that many more"),
     Baked("max_pending_impressions", True, "a smaller bound evicts the oldest pending impressions (as negatives, "
           "in (ts, id) order) at the shard's next impression"),
     Baked("max_pending_bytes", True, "as max_pending_impressions, in bytes"),

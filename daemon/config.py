@@ -146,7 +146,9 @@ SETTINGS: tuple[Setting, ...] = (
     # --- more settings (free to add) ---
     S("metrics_addr", "str", "127.0.0.1", "address the metrics/health server binds to"),
     S("lateness_s", "float", 60.0, "allowed event-time disorder before the watermark passes an event", minimum=0, maximum=86400),
-    S("max_future_s", "float", 3600.0, "events more than this far ahead of the watermark are dead-lettered", minimum=1),
+    S("max_future_s", "float", 3600.0, "events more than this far ahead of their shard's event time (its robust frontier, docs/internals.md) are dead-lettered", minimum=1),
+    S("max_clock_skew_s", "float", 300.0, "events more than this far ahead of the wall clock are dead-lettered (ts_ahead_of_clock), a shard's first event included; /readyz fails while a watermark is further ahead", minimum=0, maximum=7 * 86400),
+    S("watermark_quorum", "int", 32, "a source's event time counts for the watermark only once this many of its events reached it (its k-th largest timestamp): fewer outliers cannot move the watermark", minimum=1, maximum=10_000),
     S("max_pending_impressions", "int", 2_000_000, "bound of the join buffer (oldest emitted early as negatives)", minimum=1000),
     S("max_pending_bytes", "int", 1 << 30, "bound of the join buffer in bytes per shard: the waiting impressions' rows plus a fixed cost each (oldest emitted early as negatives; docs/internals.md)", minimum=1 << 16),
     S("checkpoint_interval_s", "float", 30.0, "wall-clock seconds between checkpoints", minimum=0.1),
@@ -210,6 +212,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("seed", "int", 0, "seed of every random choice", minimum=0),
     # input limits
     S("max_message_bytes", "int", 65536, "larger input messages are dead-lettered", minimum=64),
+    S("dlq_max_record_bytes", "int", 1_000_000, "dead letters larger than this (key, value, headers) are truncated, with the original size and sha256 in headers; keep it below the DLQ topic's max.message.bytes", minimum=4096, maximum=100_000_000),
     S("max_fields_per_event", "int", 512, "events with more features are dead-lettered", minimum=1),
     S("max_field_name_len", "int", 128, "longer field names are dead-lettered", minimum=1),
     S("max_value_len", "int", 1024, "longer string values are dead-lettered", minimum=1),

@@ -136,10 +136,13 @@ class LiveGauges(Collector):
         group: str,
         mask_publish_timestamp: Callable[[], float | None],
         clock: Callable[[], float] = time.time,
+        watermark: Callable[[], int | None] = lambda: None,
+        dead_letters_waiting: Callable[[], int] = lambda: 0,
     ) -> None:
         """``checkpoint_time``/``mask_time`` feed the ages (NaN while None); ``mask_publish_timestamp``
         is this instance's last publish even after it stopped being the writer (0 while None)."""
         self._lag, self._join, self._ckpt, self._mask, self._clock = lag, join_buffer, checkpoint_time, mask_time, clock
+        self._watermark, self._dlq_waiting = watermark, dead_letters_waiting
         self._group, self._mask_ts = group, mask_publish_timestamp
 
     def describe(self) -> list[Any]:
@@ -159,6 +162,16 @@ class LiveGauges(Collector):
         yield seconds
         yield GaugeMetricFamily("featsieve_join_buffer_impressions", "Impressions waiting for a click or expiry", value=self._join())
         now = self._clock()
+        wm = self._watermark()
+        yield GaugeMetricFamily(
+            "featsieve_event_time_lag_seconds",
+            "Wall clock minus the event-time watermark (the lowest of the shards held); negative: the watermark is ahead",
+            value=(now - wm / 1000.0) if wm is not None else float("nan"),
+        )
+        yield GaugeMetricFamily(
+            "featsieve_dead_letters_waiting", "Dead letters not yet acknowledged by the broker (consumption is paused while > 0)",
+            value=self._dlq_waiting(),
+        )
         for name, getter, text in (
             ("featsieve_checkpoint_age_seconds", self._ckpt, "Seconds since the last checkpoint"),
             ("featsieve_mask_age_seconds", self._mask, "Seconds since the last mask publish"),

@@ -3,7 +3,14 @@
 One thread polls Kafka and owns all state except the gate model (which lives
 on its own worker, see :mod:`daemon.gate_worker`). Signal handlers only set a
 flag; the loop finishes the batch in hand, publishes, checkpoints and exits 0.
-A second signal exits at once.
+A repeated signal within ``SIGNAL_GRACE_S`` of the first is part of the same
+request (``timeout`` and process supervisors send SIGTERM more than once, a
+user presses Ctrl+C twice); one later than that exits at once (code 130, no
+final checkpoint).
+
+The state lock is never held across a blocking network call: dead letters
+are queued under it and delivered outside it (:mod:`connectors.dead_letters`),
+masks are built under it and published outside it.
 
 Checkpoint order: flush what was produced (dead letters) and
 confirm delivery → write the snapshot atomically → commit offsets. At
@@ -86,6 +93,8 @@ CONNECT_TIMEOUT_MS = 10_000  # per connection attempt at start-up (then backoff)
 COMMIT_TIMEOUT_MS = 5_000  # offsets are in the snapshot already; the group commit is advisory
 TOPIC_WAIT_S = 5.0  # at start-up, how long to wait for the input topics' metadata before subscribing
 INPUT_METADATA_MAX_AGE_MS = 30_000
+SIGNAL_GRACE_S = 2.0  # a second signal within this of the first is the same stop request
+SHUTDOWN_DLQ_WAIT_S = 30.0  # at shutdown, how long dead letters may still take to be delivered
 GATE_DRAIN_TIMEOUT_S = 600.0  # --exit-at-end: how long the gate model may take to train its queue
 # allocations between young-generation collections, and the older generations' (CPython: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 100)
@@ -177,6 +186,11 @@ class Daemon:
         self._started = self.clock()  # reset by run()
         self._closing = False  # the final checkpoint is written; close() must not write another
         self._signals = 0
+        self._first_signal_at: float | None = None
+        # (lowest watermark, highest watermark, shard of the highest) over the owned shards, set by
+        # the loop after each batch: /readyz and the event-time lag gauge read it from other threads
+        self.event_time: tuple[int | None, int | None, int | None] = (None, None, None)
+        self._paused_for_dlq = False
         self.restored_position: PublishedPosition | None = None
         self.trainer: Any = None
         self.decoder: DecodeWorker | None = None
@@ -200,7 +214,9 @@ class Daemon:
         self.metrics.set_instance(model=settings.model_id, group=settings.group_id, coordination=settings.coordination)
         self.metrics.attach(
             LiveGauges(self._lag, self._join_size, lambda: self.last_checkpoint_wall, self._mask_time,
-                       group=settings.group_id, mask_publish_timestamp=lambda: self.last_mask_publish_wall)
+                       group=settings.group_id, mask_publish_timestamp=lambda: self.last_mask_publish_wall,
+                       watermark=lambda: self.event_time[0],
+                       dead_letters_waiting=lambda: self.dlq.pending if self.dlq is not None else 0)
         )
 
     # ------------------------------------------------------------------ state
@@ -211,6 +227,8 @@ class Daemon:
             lateness_ms=int(s.lateness_s * 1000),
             max_pending=s.max_pending_impressions,
             max_future_ms=int(s.max_future_s * 1000),
+            quorum=s.watermark_quorum,
+            max_clock_skew_ms=int(s.max_clock_skew_s * 1000),
             max_pending_bytes=s.max_pending_bytes,
             # every input topic's partition of this shard holds the watermark: otherwise a shard that
             # has read only impressions so far would expire them before their clicks are read
@@ -281,6 +299,10 @@ class Daemon:
         self.events_seen_total = int(state.get("events_seen", 0))
         return loaded.size_bytes
 
+    def _bound_event_time(self, shard: ShardState) -> None:
+        """A restored shard follows this run's event-time bounds (they are not the state's)."""
+        shard.join.set_event_time_bounds(self.s.watermark_quorum, int(self.s.max_clock_skew_s * 1000))
+
     def _apply_settings(self, changed: list[str], recorded: dict[str, Any]) -> None:
         """Give restored state the current values of the settings it can take (daemon/baked.py
         says which; unchanged ones are no-ops); ``changed`` are logged."""
@@ -288,6 +310,7 @@ class Daemon:
         for shard in self.shards.values():
             shard.join.reconfigure(max_pending=s.max_pending_impressions, max_future_ms=int(s.max_future_s * 1000),
                                    max_pending_bytes=s.max_pending_bytes)
+            self._bound_event_time(shard)
             now = self.mi_config
             shard.mi.config = dataclasses.replace(
                 shard.mi.config, blocks=now.blocks, pairs_top_n=now.pairs_top_n, max_pairs=now.max_pairs,
@@ -350,6 +373,7 @@ class Daemon:
                 if tp.partition not in kept:
                     self.shards.pop(tp.partition, None)
         log.info("partitions revoked: %s", _tp_list(revoked))
+        self._note_event_time()
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._rebalance_count += 1
@@ -361,6 +385,7 @@ class Daemon:
         for tp in assigned:
             self._seek_to_state(tp)
         log.info("partitions assigned: %s", _tp_list(assigned))
+        self._note_event_time()
 
     def _seek_to_state(self, tp: TopicPartition) -> None:
         """Point the consumer at the next record our state has not counted."""
@@ -373,12 +398,24 @@ class Daemon:
 
     # ------------------------------------------------------------------- run
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """First signal: stop cleanly. Again within SIGNAL_GRACE_S: the same request (``timeout``
+        sends SIGTERM twice within microseconds). Later than that: exit at once.
+
+        Time only, not a count: the kernel merges signals that arrive before the handler runs,
+        so "the third signal" would sometimes be the second."""
+        name = signal.Signals(signum).name
+        now = time.monotonic()
         self._signals += 1
-        if self._signals > 1:
-            log.warning("second signal %s: exiting at once", signal.Signals(signum).name)
+        if self._first_signal_at is None:
+            self._first_signal_at = now
+            log.info("signal %s: finishing the batch in hand, then checkpointing", name)
+            self._stop = True
+            return
+        if now - self._first_signal_at > SIGNAL_GRACE_S:
+            log.warning("signal %s again while stopping: exiting at once, without a final checkpoint", name)
             os._exit(130)
-        log.info("signal %s: finishing the batch in hand, then checkpointing", signal.Signals(signum).name)
-        self._stop = True
+        log.info("signal %s again within %.0f s: already stopping cleanly (a signal after %.0f s exits at once)",
+                 name, SIGNAL_GRACE_S, SIGNAL_GRACE_S)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -420,18 +457,17 @@ class Daemon:
                 if self.coordinator is not None:
                     with self.state_lock:
                         self._coordinate()
+                # dead letters first, outside the lock: while some wait, nothing more is consumed
+                self._hold_for_dead_letters(self._deliver_dead_letters())
                 self._poll_once()
                 now = self.clock()
-                with self.state_lock:
-                    if now - self.last_mask_mono >= self.s.mask_interval_s:
-                        self.update_mask()
-                    if (
-                        now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
-                        or self.events_since_checkpoint >= self.s.checkpoint_interval_events
-                    ):
-                        # an asynchronous commit: a synchronous one would wait for the I/O thread,
-                        # which may be waiting for this lock in a rebalance callback
-                        self.checkpoint(reason="interval", sync_commit=False)
+                if now - self.last_mask_mono >= self.s.mask_interval_s:
+                    self.update_mask()
+                if (
+                    now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
+                    or self.events_since_checkpoint >= self.s.checkpoint_interval_events
+                ) and self._deliver_dead_letters():
+                    self._interval_checkpoint()
                 if self.max_events is not None and self.events_seen >= self.max_events:
                     break
                 if self.duration_s is not None and now - started >= self.duration_s:
@@ -441,6 +477,7 @@ class Daemon:
                     break
             with self.state_lock:
                 self._settle_in_flight()
+            self._final_dead_letters()
             if reached_end:
                 self._drain_gates()
         except WriterFencedError as exc:
@@ -455,9 +492,9 @@ class Daemon:
             self._closing = True
             self._close()
             return 1
+        # with gates, the drain above brought their evidence up to the end: publish it
+        self.update_mask(force=True, end_of_input=reached_end and self.trainer is not None)
         with self.state_lock:
-            # with gates, the drain above brought their evidence up to the end: publish it
-            self.update_mask(force=True, end_of_input=reached_end and self.trainer is not None)
             size = self.checkpoint(reason="shutdown")
         log.info(
             "featsieve stopped: events=%d state_bytes=%d offsets=%s mask_version=%d",
@@ -495,7 +532,7 @@ class Daemon:
                         self.endpoint, self.s.mask_topic, self.s.model_id, restored=self.restored_position
                     )
                     self.metrics.mask_writer.set(1)
-                self.dlq = DeadLetterQueue(self.endpoint, self.s.dlq_topic)
+                self.dlq = DeadLetterQueue(self.endpoint, self.s.dlq_topic, max_letter_bytes=self.s.dlq_max_record_bytes)
                 self.consumer = make_consumer(
                     self.endpoint,
                     group_id=self.s.group_id,
@@ -578,6 +615,47 @@ class Daemon:
         deadline = time.monotonic() + (seconds if left is None else min(seconds, max(left, 0.0)))
         while not self._stop and time.monotonic() < deadline:
             time.sleep(min(0.2, deadline - time.monotonic()))
+
+    def _deliver_dead_letters(self, force: bool = False) -> bool:
+        """Deliver queued dead letters (never under the state lock). True when none wait."""
+        if self.dlq is None:
+            return True
+        assert not self.state_lock._is_owned(), "dead letters are delivered without the state lock"  # type: ignore[attr-defined]
+        before = self.dlq.failures
+        done = self.dlq.deliver(force=force)
+        if self.dlq.failures > before and self.dlq.last_error is not None:
+            self.metrics.kafka_errors.labels(type(self.dlq.last_error).__name__).inc()
+        return done
+
+    def _hold_for_dead_letters(self, delivered: bool) -> None:
+        """Pause every assigned partition while dead letters wait (the loop goes on polling, so
+        the group membership and the rebalance callbacks live on); resume once they are through."""
+        consumer = self.consumer
+        try:
+            if not delivered:
+                assignment = consumer.assignment()
+                if assignment:
+                    consumer.pause(*assignment)
+                if not self._paused_for_dlq:
+                    self._paused_for_dlq = True
+                    log.warning("consumption paused: %d dead letters wait for %s", self.dlq.pending if self.dlq else 0,
+                                self.s.dlq_topic)
+            elif self._paused_for_dlq:
+                consumer.resume(*consumer.paused())
+                self._paused_for_dlq = False
+                log.info("consumption resumed: every dead letter is delivered")
+        except (KafkaError, KeyError, ValueError) as exc:  # the assignment changed under us: next time
+            log.debug("pause/resume for dead letters: %s", exc)
+
+    def _final_dead_letters(self) -> None:
+        """At shutdown: give waiting dead letters a last chance; raise if they cannot go."""
+        deadline = time.monotonic() + SHUTDOWN_DLQ_WAIT_S
+        while not self._deliver_dead_letters(force=True):
+            if time.monotonic() >= deadline:
+                assert self.dlq is not None
+                raise DeadLettersUndelivered(
+                    f"{self.dlq.pending} dead letters not delivered to {self.s.dlq_topic}: {self.dlq.reason()}")
+            time.sleep(0.5)
 
     def _close_clients(self) -> None:
         """Close whatever a failed connection attempt created, so a retry starts clean."""
@@ -674,6 +752,7 @@ class Daemon:
         if found is not None and (local is None or _progress(found[0]) >= _progress(local)):
             published, fields = found
             self._adopt_rows(published, fields)
+            self._bound_event_time(published)
             self._admission_of(published)
             self.shards[p] = published
             log.info("shard %d resumed from the stats topic at %s", p, _offsets_of(published))
@@ -872,6 +951,7 @@ class Daemon:
         source = (tp.topic, tp.partition)
         dead: list[tuple[ConsumerRecord, str, str]] = [(records[i], e.reason, e.detail) for i, e in bad]
         good_records = _without(records, [i for i, _ in bad])
+        now_ms = int(time.time() * 1000)
         first_event = self.activity.events
         by_event: dict[int, list[tuple[str, int]]] = {}
         if wire is not None:
@@ -888,22 +968,24 @@ class Daemon:
             watch: Any = by_event
             if waiting:
                 watch = set(by_event) | _holding(events, wire, waiting)
-            result = shard.join.process(events, source, accepted, watch)
+            result = shard.join.process(events, source, now_ms, accepted, watch)
         else:
-            result = shard.join.process(events, source)
+            result = shard.join.process(events, source, now_ms)
         self.activity.observe(wire.last_seen if wire is not None else (), len(events))
-        for i, reason in result.rejected:
-            dead.append((good_records[i], reason, "event time outside the join's range"))
+        for i, reason, detail in result.rejected:
+            dead.append((good_records[i], reason, detail))
         examples = result.examples + shard.join.expire()
         if dead:
             assert self.dlq is not None
-            self.dlq.send_all([(r, reason, detail, tp) for r, reason, detail in dead], should_stop=lambda: self._stop)
+            # queued only: the loop delivers them outside the lock and consumes nothing more until then
+            self.dlq.add([(r, reason, detail, tp) for r, reason, detail in dead])
             for _, reason, _detail in dead:
                 self.metrics.dead_letters.labels(reason).inc()
         self._count_events(events, shard, len(dead))
         if examples:
             self._learn(shard, examples)
         shard.mi.advance(shard.join.watermark_ms)
+        self._note_event_time()
         n = len(records)
         shard.offsets[source] = records[-1].offset + 1
         self.last_record_ts[source] = records[-1].timestamp / 1000.0
@@ -1057,13 +1139,14 @@ class Daemon:
         ts = np.fromiter((ex.ts for ex in examples), dtype=np.int64, count=len(examples))
         fields = list(self.interner.fields)
         encoded = EncodedBatch(fields, rows_matrix([ex.features for ex in examples], len(fields)))
+        # only the watermark expires blocks: an example ahead of the rest must not expire the others
         assert shard.admitted is not None
         if len(shard.admitted) < len(fields):
             # the shard's MI counts the fields it has admitted only: a function of its own stream
             cols = [c for c, name in enumerate(fields) if name in shard.admitted]
-            shard.mi.update(EncodedBatch([fields[c] for c in cols], encoded.hashes[:, cols]), labels, ts)
+            shard.mi.update(EncodedBatch([fields[c] for c in cols], encoded.hashes[:, cols]), labels, ts, advance=False)
         else:
-            shard.mi.update(encoded, labels, ts)
+            shard.mi.update(encoded, labels, ts, advance=False)
         positives = int(labels.sum())
         self.metrics.examples.labels("positive").inc(positives)
         self.metrics.examples.labels("negative").inc(len(labels) - positives)
@@ -1112,10 +1195,7 @@ class Daemon:
     def global_mi(self) -> MIState:
         if self.coordinator is not None:
             owned = self.owned_shards()
-            total = merged_mi(owned, self.mi_config)
-            for other in self.coordinator.other_shards_mi(s.shard for s in owned):
-                total.merge(other)
-            return total
+            return merged_mi(owned, self.mi_config, self.coordinator.other_shards_mi(s.shard for s in owned))
         if len(self.shards) == 1:
             return next(iter(self.shards.values())).mi
         return merged_mi(self.shards.values(), self.mi_config)
@@ -1128,19 +1208,35 @@ class Daemon:
         marks = [s.join.watermark_ms for s in shards if s.join.watermark_ms is not None]
         return int(min(marks)) if marks else 0
 
+    def _note_event_time(self) -> None:
+        """Record the lowest and highest watermark of the shards we own, for /readyz and metrics."""
+        owned = {tp.partition for tp in self.assigned}
+        marks = [(s.join.watermark_ms, p) for p, s in self.shards.items()
+                 if s.join.watermark_ms is not None and p in owned]
+        if not marks:
+            self.event_time = (None, None, None)
+            return
+        high, shard = max(marks)
+        self.event_time = (min(m for m, _ in marks), high, shard)
+
     def update_mask(self, force: bool = False, end_of_input: bool = False) -> None:
         """Build the mask; publish it when it changed, a heartbeat is due, or (``force``) nothing
         was published yet. ``end_of_input`` (``--exit-at-end`` reached the end, gates on) publishes
         it whatever: the last mask of a replay then carries the gate evidence of the whole input
-        (the demo read back a mask published mid-stream, before any gate window had completed)."""
+        (the demo read back a mask published mid-stream, before any gate window had completed).
+
+        Decided under the state lock, published without it (a publish waits up to 30 s for the
+        broker, and rebalance callbacks and /readyz must not wait with it)."""
+        assert not self.state_lock._is_owned(), "masks are published without the state lock"  # type: ignore[attr-defined]
         self.last_mask_mono = self.clock()
         if self.publisher is None:
             return  # group mode, and another instance is the writer
-        gates_report = self.own_gate_report()
-        if self.coordinator is not None:
-            gates_report = self.coordinator.combined_gates(gates_report)
-        msg, changed = self.masks.build(self.global_mi(), gates_report, self.publisher, self.watermark_ms())
-        self.metrics_from_mask(msg, gates_report)
+        with self.state_lock:
+            gates_report = self.own_gate_report()
+            if self.coordinator is not None:
+                gates_report = self.coordinator.combined_gates(gates_report)
+            msg, changed = self.masks.build(self.global_mi(), gates_report, self.publisher, self.watermark_ms())
+            self.metrics_from_mask(msg, gates_report)
         if not msg.fields:
             return  # no evidence yet: an empty mask would tell subscribers nothing
         last = self.publisher.last_publish_time
@@ -1152,17 +1248,20 @@ class Daemon:
             except WriterFencedError:
                 if self.coordinator is None:
                     raise
-                self._fenced_in = self.coordinator.generation
-                self._step_down("fenced by a newer writer")
+                with self.state_lock:
+                    self._fenced_in = self.coordinator.generation
+                    self._step_down("fenced by a newer writer")
                 return
             except KafkaError as exc:
                 self.metrics.kafka_errors.labels(type(exc).__name__).inc()
                 log.error("mask publish failed: %s; will retry at the next update", exc)
                 return
-            self.masks.published(msg)
+            with self.state_lock:
+                self.masks.published(msg)
+                policy = self.masks.snapshot() if self.coordinator is not None else None
             self.last_mask_publish_wall = self.publisher.last_publish_time
             if self.coordinator is not None:
-                self.coordinator.publish_policy(self.masks.snapshot(), msg.epoch, msg.version, msg.incarnation)
+                self.coordinator.publish_policy(policy, msg.epoch, msg.version, msg.incarnation)
             self.metrics.mask_publishes.labels(trigger).inc()
             self.metrics.mask_version.set(msg.version)
             kept = sum(1 for f in msg.fields.values() if f.keep)
@@ -1193,15 +1292,44 @@ class Daemon:
                     self.metrics.online_logloss.labels(model).set(m[key])
 
     # ------------------------------------------------------------ checkpoint
-    def checkpoint(self, reason: str, sync_commit: bool = True) -> int:
-        """Flush → snapshot → commit. Returns the snapshot's size in bytes."""
-        t0 = time.perf_counter()
+    def _interval_checkpoint(self) -> None:
+        """The loop's periodic checkpoint, waiting on the network only without the state lock.
+
+        In group mode the shard states are queued to the stats topic under the lock (they are
+        serialised there), confirmed without it, then the snapshot is written under it again. The
+        loop is the only thread that changes shard state outside rebalance callbacks, so what the
+        snapshot holds is what was published (or newer, from a callback's own checkpoint).
+        """
         if self.coordinator is not None:
+            with self.state_lock:
+                if self.dlq is not None and self.dlq.pending:
+                    return
+                self.metrics.stats_bytes.inc(self.coordinator.publish_shards(self.owned_shards(), self.interner.fields))
+                self.coordinator.publish_gates(self.own_gate_report())
+            try:
+                self.coordinator.flush()
+            except KafkaError as exc:
+                self.metrics.kafka_errors.labels(type(exc).__name__).inc()
+                log.warning("shard states not confirmed by the stats topic (%s): checkpoint skipped, "
+                            "tried again at the next interval", exc)
+                self.last_checkpoint_mono = self.clock()
+                return
+        with self.state_lock:
+            # an asynchronous commit: a synchronous one would wait for the I/O thread,
+            # which may be waiting for this lock in a rebalance callback
+            self.checkpoint(reason="interval", sync_commit=False, stats_published=True)
+
+    def checkpoint(self, reason: str, sync_commit: bool = True, stats_published: bool = False) -> int:
+        """Flush → snapshot → commit. Returns the snapshot's size in bytes (0: skipped, because
+        dead letters still wait: the snapshot's offsets would pass them)."""
+        if self.dlq is not None and self.dlq.pending:
+            log.info("checkpoint (%s) deferred: %d dead letters not delivered yet", reason, self.dlq.pending)
+            return 0
+        t0 = time.perf_counter()
+        if self.coordinator is not None and not stats_published:
             self.metrics.stats_bytes.inc(self.coordinator.publish_shards(self.owned_shards(), self.interner.fields))
             self.coordinator.publish_gates(self.own_gate_report())
             self.coordinator.flush()
-        if self.dlq is not None:
-            self.dlq.flush()  # raises if anything produced is unconfirmed: then nothing below runs
         gates = self.trainer.call(lambda m: m.snapshot()) if self.trainer is not None else None
         _, size = self.store.write(self.state_snapshot(gates))
         offsets = {
@@ -1237,7 +1365,14 @@ class Daemon:
         if not self.kafka_ok or self.consumer is None or not broker_connected(self.consumer):
             return False, "not connected to Kafka: " + connection_cause()
         if self.dlq is not None and self.dlq.blocked_since is not None:
-            return False, f"dead-letter topic {self.s.dlq_topic} unavailable: holding consumption"
+            return False, (f"dead-letter topic {self.s.dlq_topic} unavailable ({self.dlq.reason()}): holding "
+                           f"consumption, {self.dlq.pending} dead letters waiting")
+        _, high, shard = self.event_time
+        if high is not None:
+            ahead_s = high / 1000.0 - time.time()
+            if ahead_s > self.s.max_clock_skew_s:
+                return False, (f"event-time watermark of shard {shard} is {ahead_s:.0f} s ahead of the wall clock "
+                               f"(max_clock_skew_s {self.s.max_clock_skew_s:g})")
         if self.coordinator is not None and self.publisher is None:
             lag = sum(r for r, _ in self._lag().values())
             if lag > self.s.ready_max_lag:

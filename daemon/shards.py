@@ -14,7 +14,7 @@ from typing import Any
 
 from connectors.join import JoinBuffer
 from models.admission import FieldAdmission
-from models.mi import MIConfig, MIState
+from models.mi import MIConfig, MIState, merge_held_back
 
 
 @dataclass
@@ -58,9 +58,7 @@ class ShardState:
         )
 
 
-def merged_mi(shards: Iterable[ShardState], config: MIConfig) -> MIState:
-    """The global MI state: the exact merge of the shards' states."""
-    total = MIState(config)
-    for shard in shards:
-        total.merge(shard.mi)
-    return total
+def merged_mi(shards: Iterable[ShardState], config: MIConfig, others: Iterable[MIState] = ()) -> MIState:
+    """The global MI state: the exact merge of the shards' states (and ``others``: other
+    instances' shards). A shard whose event time runs ahead expires nothing of the others'."""
+    return merge_held_back([*(shard.mi for shard in shards), *others], config)

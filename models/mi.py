@@ -181,23 +181,27 @@ class MIState:
         return None if self.newest_block is None else self.newest_block - self.config.blocks + 1
 
     # ------------------------------------------------------------ update
-    def update(self, batch: EncodedBatch, labels: np.ndarray, ts: np.ndarray) -> None:
-        """Count a batch of labelled examples with event times ``ts`` (epoch ms)."""
+    def update(self, batch: EncodedBatch, labels: np.ndarray, ts: np.ndarray, advance: bool = True) -> None:
+        """Count a batch of labelled examples with event times ``ts`` (epoch ms).
+
+        With ``advance=False`` the examples' times never expire anything: only :meth:`advance`
+        (the join's watermark) moves the newest block. The daemon counts that way, so that an
+        example whose impression was ahead of the rest cannot expire the evidence of the others.
+        """
         n = len(labels)
         if n == 0:
             return
         labels = np.asarray(labels)
         block = self._block_ids(ts)
         newest = int(block.max())
-        if self.newest_block is None or newest > self.newest_block:
+        if advance and (self.newest_block is None or newest > self.newest_block):
             opened = self.newest_block is not None
             if opened and self.config.pairs_top_n >= 2:
                 self.set_pairs(self.candidate_pairs(newest))
             self.newest_block = newest
             self._expire()
         oldest = self._oldest_live()
-        assert oldest is not None
-        live = block >= oldest
+        live = block >= (oldest if oldest is not None else np.iinfo(np.int64).min)
         self.expired_examples += int(n - live.sum())
         columns = {name: j for j, name in enumerate(batch.fields)}
         for b in np.unique(block[live]).tolist():
@@ -277,8 +281,12 @@ class MIState:
         return list(dict.fromkeys(chosen))
 
     # ------------------------------------------------------------- merge
-    def merge(self, other: MIState) -> None:
-        """Add another state's counts; equal to one pass over both streams."""
+    def merge(self, other: MIState, expire: bool = True) -> None:
+        """Add another state's counts; equal to one pass over both streams.
+
+        ``expire=False`` keeps every block of both (and the newest block of ``self``): to merge
+        shards whose event time is not the same, where one running ahead must not expire the
+        evidence of the others (see :func:`merge_held_back`)."""
         if (other.config.max_values, other.config.tail_buckets, other.config.block_ms) != (
             self.config.max_values, self.config.tail_buckets, self.config.block_ms,
         ):
@@ -291,11 +299,14 @@ class MIState:
                         target[key].merge(counts)
                     else:
                         target[key] = counts.copy()
-        if other.newest_block is not None and (self.newest_block is None or other.newest_block > self.newest_block):
+        if expire and other.newest_block is not None and (
+            self.newest_block is None or other.newest_block > self.newest_block
+        ):
             self.newest_block = other.newest_block
         self.set_pairs(sorted({*self.pairs, *other.pairs}))
         self.expired_examples += other.expired_examples
-        self._expire()
+        if expire:
+            self._expire()
 
     def drop_field(self, name: str) -> None:
         """Forget a field (its column was reclaimed): its counts in every block, and every pair
@@ -419,6 +430,23 @@ class MIState:
         state.newest_block = None if snap["newest_block"] is None else int(snap["newest_block"])
         state.expired_examples = int(snap["expired_examples"])
         return state
+
+
+def merge_held_back(states: Iterable[MIState], config: MIConfig) -> MIState:
+    """The merge of several shards' states, whose newest block is the *oldest* of theirs.
+
+    Each shard expires its own blocks by its own watermark; the merge must not expire more. A
+    plain :meth:`MIState.merge` takes the newest block of all, so one shard whose event time ran
+    ahead (a poisoned or just faster partition) would expire every other shard's evidence.
+    """
+    total = MIState(config)
+    newest: list[int] = []
+    for state in states:
+        total.merge(state, expire=False)
+        if state.newest_block is not None:
+            newest.append(state.newest_block)
+    total.newest_block = min(newest) if newest else None
+    return total
 
 
 def _with_redundant(score: FieldScore, other: str) -> FieldScore:

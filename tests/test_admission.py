@@ -60,8 +60,9 @@ class DeadLetterSink:
     def __init__(self) -> None:
         self.sent: list[tuple[Any, ...]] = []
         self.blocked_since = None
+        self.pending = 0  # delivered at once: nothing ever waits
 
-    def send_all(self, letters: list[tuple[Any, ...]], should_stop: Any = None) -> None:
+    def add(self, letters: list[tuple[Any, ...]]) -> None:
         self.sent += letters
 
 

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.codec import Click, Event, Impression, Labeled
-from connectors.join import REJECT_REASON, Example, JoinBuffer
+from connectors.join import (
+    CLOCK_REASON,
+    REJECT_REASON,
+    TOO_FAR_AHEAD,
+    TOO_LATE,
+    Example,
+    JoinBuffer,
+)
 
 W, LATE = 1000, 100
 IMP, CLK = ("imp", 0), ("clk", 0)
@@ -108,7 +115,7 @@ def test_too_late_and_too_far_ahead_are_rejected_with_their_index() -> None:
     late = 10_000 - LATE - W - 1
     res = b.process([Impression("old", late, {}), Impression("ok", 8900, {}),
                      Click("far", 15_001), Impression("near", 15_000, {})], IMP)
-    assert res.rejected == [(0, REJECT_REASON), (2, REJECT_REASON)]
+    assert res.rejected == [(0, REJECT_REASON, TOO_LATE), (2, REJECT_REASON, TOO_FAR_AHEAD)]
     s = b.stats()
     assert (s["too_late"], s["too_far_ahead"]) == (1, 1)
 
@@ -276,3 +283,153 @@ def test_eviction_emits_the_oldest_pending_impression(jitter: int) -> None:
         got = [(e.ts, e.features["id"]) for e in b.process([ev], IMP).examples]  # type: ignore[index]
         assert got == want
     assert [(e.ts, e.features["id"]) for e in b.flush()] == sorted(pending)  # type: ignore[index]
+
+
+# ----------------------------------------------------------------- event time that cannot be hijacked
+H = 3_600_000  # an hour in ms
+T0 = 1_700_000_000_000  # a replay: history, far behind the wall clock
+NOW = T0 + 30 * 24 * H
+
+
+def robust(**kw: int) -> JoinBuffer:
+    args = {"window_ms": 1_800_000, "lateness_ms": 60_000, "max_pending": 1_000_000,
+            "max_future_ms": H, "quorum": 32, "max_clock_skew_ms": 300_000}
+    args.update(kw)
+    return JoinBuffer(**args, sources=[IMP, CLK])
+
+
+def stream(start: int, n: int, prefix: str, step: int = 1000) -> tuple[list[Event], list[Event]]:
+    """n impressions a second apart from ``start``, every 10th clicked 5 s later."""
+    imps: list[Event] = [Impression(f"{prefix}{i}", start + i * step, {"f": i % 7}) for i in range(n)]
+    clicks: list[Event] = [Click(f"{prefix}{i}", start + i * step + 5000) for i in range(0, n, 10)]
+    return imps, clicks
+
+
+def feed(b: JoinBuffer, imps: list[Event], clicks: list[Event], now: int = NOW) -> tuple[list[Example], list[int]]:
+    """Both sources in batches of 100, interleaved; returns examples and how many were rejected."""
+    out: list[Example] = []
+    rejected = [0, 0]
+    for lo in range(0, max(len(imps), len(clicks) * 10), 100):
+        r1 = b.process(imps[lo:lo + 100], IMP, now_ms=now)
+        r2 = b.process(clicks[lo // 10:lo // 10 + 10], CLK, now_ms=now)
+        out += r1.examples + r2.examples + b.expire()
+        rejected[0] += len(r1.rejected)
+        rejected[1] += len(r2.rejected)
+    return out, rejected
+
+
+def test_the_ratchet_of_26_outliers_on_both_sources_cannot_move_the_watermark() -> None:
+    b = robust()
+    imps, clicks = stream(T0, 3000, "a")
+    feed(b, imps, clicks)
+    wm = b.watermark_ms
+    assert wm is not None and wm < T0 + 3000 * 1000
+    top = T0 + 3000 * 1000
+    # 26 impressions and 26 clicks, each 3 500 s beyond the previous one (each within max_future of
+    # the previous: the old running-maximum rule accepted them all and moved the watermark +25 h)
+    ratchet_i = [Impression(f"r{i}", top + (i + 1) * 3_500_000, {"f": 0}) for i in range(26)]
+    ratchet_c = [Click(f"c{i}", top + (i + 1) * 3_500_000) for i in range(26)]
+    r1 = b.process(ratchet_i, IMP, now_ms=NOW)
+    r2 = b.process(ratchet_c, CLK, now_ms=NOW)
+    # the accepted first step is one of the top 32 now, so the 32nd largest moves up one rank
+    # (one event's spacing), never into the outliers' range
+    assert wm <= b.watermark_ms < top - 60_000  # type: ignore[operator]
+    # the first step is within max_future of the frontier (accepted, but it does not move a mark);
+    # every later one is a jump and is rejected as such
+    assert [i for i, _, _ in r1.rejected] == list(range(1, 26))
+    assert {d for _, _, d in r1.rejected + r2.rejected} == {TOO_FAR_AHEAD}
+    # normal events go on being accepted and labelled
+    imps2, clicks2 = stream(top, 3000, "b")
+    out, rejected = feed(b, imps2, clicks2)
+    assert rejected == [0, 0]
+    assert sum(ex.label for ex in out) == 300 and len(out) > 2500
+
+
+def test_one_outlier_ahead_in_a_replay_does_not_stop_its_source_holding_the_watermark() -> None:
+    """Impressions are read slower than clicks in a replay: the impression source must keep holding
+    the watermark back even after one impression 59 min ahead."""
+    b = robust()
+    imps, clicks = stream(T0, 4000, "a")
+    out: list[Example] = []
+    # clicks first, far ahead of the impressions in read order
+    out += b.process(clicks, CLK, now_ms=NOW).examples
+    out += b.process(imps[:100] + [Impression("odd", T0 + 100_000 + 59 * 60_000, {"f": 1})], IMP, now_ms=NOW).examples
+    out += b.expire()
+    lost = 0
+    for lo in range(100, 4000, 100):
+        res = b.process(imps[lo:lo + 100], IMP, now_ms=NOW)
+        lost += len(res.rejected)
+        out += res.examples + b.expire()
+    out += b.flush()
+    assert lost == 0
+    assert sum(ex.label for ex in out) == 400  # every click found its impression
+
+
+def test_with_quorum_one_the_single_outlier_does_release_the_watermark() -> None:
+    """The old rule, for contrast: the same stream with a running maximum loses events as late."""
+    b = robust(quorum=1)
+    imps, clicks = stream(T0, 4000, "a")
+    b.process(clicks, CLK, now_ms=NOW)
+    b.process(imps[:100] + [Impression("odd", T0 + 100_000 + 59 * 60_000, {"f": 1})], IMP, now_ms=NOW)
+    b.expire()
+    lost = sum(len(b.process(imps[lo:lo + 100], IMP, now_ms=NOW).rejected) for lo in range(100, 4000, 100))
+    assert lost > 0
+
+
+def test_a_shards_first_event_is_bounded_by_the_wall_clock() -> None:
+    now = T0
+    b = robust()
+    res = b.process([Impression("evil", 2**53 - 1, {}), Impression("ok", now - 1000, {})], IMP, now_ms=now)
+    assert [(i, r) for i, r, _ in res.rejected] == [(0, CLOCK_REASON)]
+    assert b.stats()["ahead_of_clock"] == 1
+    # within the skew is accepted; beyond it is not
+    res = b.process([Click("ok", now + 299_000), Click("x", now + 301_000)], CLK, now_ms=now)
+    assert [(i, r) for i, r, _ in res.rejected] == [(1, CLOCK_REASON)]
+    # later normal events are accepted
+    imps, clicks = stream(now, 1000, "n", step=1)
+    out, rejected = feed(b, imps, clicks, now=now + 2000)
+    assert rejected == [0, 0]
+    # without a wall clock (offline tools), only the event-time rules apply
+    assert not robust().process([Impression("evil", 2**53 - 1, {})], IMP).rejected
+
+
+def test_the_first_quorum_events_do_not_set_a_frontier_from_an_outlier() -> None:
+    b = robust()
+    res = b.process([Impression("o", T0 + 59 * 60_000, {})] + stream(T0, 200, "a")[0], IMP, now_ms=NOW)
+    assert not res.rejected
+    assert b.frontier_ms is not None and b.frontier_ms < T0 + 200_000
+
+
+def test_a_stale_event_among_a_sources_first_does_not_brick_it() -> None:
+    """A record from 1970 among a partition's first: were it the frontier, every later event
+    would be "too far ahead" of it for ever."""
+    b = robust()
+    imps, clicks = stream(T0, 3000, "a")
+    out, rejected = feed(b, [Impression("stale", 1000, {})] + imps, [Click("stale", 1000)] + clicks)
+    assert rejected == [0, 0]
+    assert len(out) > 1000 and sum(ex.label for ex in out) == 301
+
+
+def test_a_backfill_of_days_is_accepted_at_any_speed() -> None:
+    b = robust()
+    # three days of history, one impression every 10 s, read in one go (event time runs ~1e6 x the wall clock)
+    imps, clicks = stream(T0, 3 * 8640, "d", step=10_000)
+    out, rejected = feed(b, imps, clicks)
+    out += b.flush()
+    assert rejected == [0, 0]
+    assert len(out) == 3 * 8640 and sum(ex.label for ex in out) == len(clicks)
+
+
+def test_robust_marks_survive_a_snapshot_and_an_old_format_restores() -> None:
+    b = robust()
+    imps, clicks = stream(T0, 500, "a")
+    feed(b, imps, clicks)
+    snap = orjson.loads(orjson.dumps(b.snapshot()))
+    r = JoinBuffer.restore(snap)
+    assert r.source_marks() == b.source_marks() and r.watermark_ms == b.watermark_ms
+    assert (r.quorum, r.max_clock_skew_ms) == (32, 300_000)
+    assert [n for _, _, n in snap["sources"]] == [500, 50]
+    old = dict(snap, format=1, sources=[[s, (max(m) if m else None)] for s, m, _ in snap["sources"]])
+    old["config"] = {k: v for k, v in snap["config"].items() if k not in ("quorum", "max_clock_skew_ms")}
+    r1 = JoinBuffer.restore(old)
+    assert r1.source_marks() == {tuple(s): max(m) for s, m, _ in snap["sources"]}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from models.fieldcounts import HLL_P, FieldCounts
 from models.interning import EncodedBatch, Interner
-from models.mi import MIConfig, MIState, all_pairs, pair_hash
+from models.mi import MIConfig, MIState, all_pairs, merge_held_back, pair_hash
 from models.nullmi import null_moments, plugin_mi
 
 SMALL = MIConfig(max_values=64, tail_buckets=16, block_ms=1000, blocks=4, pairs_top_n=0)
@@ -424,3 +424,37 @@ def test_union_of_sorted_runs_equals_union1d(a: set[int], b: set[int]) -> None:
 
     x, y = np.array(sorted(a), np.uint64), np.array(sorted(b), np.uint64)
     assert _union_sorted(x, y).tolist() == np.union1d(x, y).tolist()
+
+
+def _examples_at(n: int, t0: int, seed: int) -> tuple[EncodedBatch, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 8, size=(n, 2)).astype(np.uint64)
+    labels = (rng.random(n) < 0.2).astype(np.int8)
+    return EncodedBatch(["a", "b"], hashes), labels, np.full(n, t0, dtype=np.int64)
+
+
+def test_a_shard_ahead_expires_nothing_of_the_others_in_the_merge() -> None:
+    config = MIConfig(block_ms=1000, blocks=3)
+    slow, fast = MIState(config), MIState(config)
+    slow.update(*_examples_at(500, 10_500, 1))
+    slow.advance(10_500)
+    fast.update(*_examples_at(20, 10_500, 2))
+    fast.advance(90_000_000)  # a poisoned (or just faster) shard: its watermark is a day ahead
+    held = merge_held_back([slow, fast], config)
+    assert held.examples() == slow.examples() == 500  # the slow shard's evidence is all there
+    assert held.newest_block == slow.newest_block
+    plain = MIState(config)
+    plain.merge(slow)
+    plain.merge(fast)
+    assert plain.examples() == 0  # what the plain merge did: the global MI lost everything
+
+
+def test_without_advance_an_example_ahead_expires_nothing() -> None:
+    config = MIConfig(block_ms=1000, blocks=3)
+    mi = MIState(config)
+    mi.update(*_examples_at(300, 10_500, 1), advance=False)
+    mi.advance(10_500)
+    mi.update(*_examples_at(1, 50_000_000, 2), advance=False)  # one example far ahead of the watermark
+    assert mi.examples() == 301 and mi.newest_block == 10
+    mi.advance(14_000)  # the watermark, not the example, moves time
+    assert mi.examples() == 1
