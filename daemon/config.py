@@ -236,13 +236,13 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
 # The sections of ``--help`` (and of docs/cli.md): every setting is in exactly one (tests/test_cli.py).
 SETTING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Kafka", ("bootstrap", "input_topics", "mask_topic", "dlq_topic", "group_id", "group_session_timeout_s",
+    ("Kafka", ("bootstrap", "input_topics", "mask_topic", "dlq_topic", "dlq_max_record_bytes", "group_id", "group_session_timeout_s",
                "max_poll_records", "fetch_max_bytes", "max_partition_fetch_bytes", "topic_replication_factor",
                "topic_min_insync_replicas", "kafka_client_properties")),
     ("service", ("model_id", "state_dir", "metrics_port", "metrics_addr", "ready_max_lag", "log_format",
                  "log_level", "seed", "decode_process")),
-    ("join (event time)", ("attribution_window_s", "lateness_s", "max_future_s", "max_pending_impressions",
-                           "max_pending_bytes")),
+    ("join (event time)", ("attribution_window_s", "lateness_s", "max_future_s", "max_clock_skew_s",
+                           "watermark_quorum", "max_pending_impressions", "max_pending_bytes")),
     ("checkpoints and masks", ("checkpoint_interval_s", "checkpoint_interval_events", "keep_snapshots",
                                "mask_interval_s", "heartbeat_interval_s")),
     ("coordination (several instances)", ("coordination", "stats_topic", "control_topic", "instance_id",

@@ -40,7 +40,7 @@ class Mutant:
 MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "dlq-empties-values", "connectors/dead_letters.py",
-        'value=record.value if record.value is not None else b""', 'value=b""',
+        '        return Letter(key, value, headers)\n    cut = "value"', '        return Letter(key, b"", headers)\n    cut = "value"',
         "tests/test_security.py::test_daemon_generate_masks_and_subscriber_work_over_sasl_ssl",
         "assert sorted(letter.value for letter in letters) == sorted(bad)",
         "the SASL_SSL test only saw the metric's HELP line, never a dead letter",
