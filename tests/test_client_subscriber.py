@@ -191,10 +191,11 @@ def test_stop_is_bounded_and_the_thread_ends_when_the_broker_went_away(tmp_path:
 def test_masks_cli_says_why_it_could_not_read_the_topic(bootstrap: str, unique: str) -> None:
     proc = featsieve("masks", "--get", "--bootstrap", bootstrap, "--mask-topic", f"{unique}.none",
                      "--timeout", "3", check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.strip() == (f"could not read {unique}.none to its end within 3 s: "
-                                   f"topic {unique}.none does not exist (yet) on {bootstrap}")
+    # a user error (docs/cli.md): one line, exit 2, saying why
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"featsieve masks: could not read {unique}.none from Kafka at {bootstrap} "
+                                   f"within --timeout 3 s: topic {unique}.none does not exist (yet) on {bootstrap}")
     dead = f"127.0.0.1:{free_ports(1)}"
     proc = featsieve("masks", "--get", "--bootstrap", dead, "--timeout", "3", check=False)
-    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert f"connecting to {dead}: no broker has answered yet" in proc.stderr
