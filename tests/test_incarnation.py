@@ -80,7 +80,13 @@ def run(bootstrap: str, unique: str, topics: str, state: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def delete_topic(bootstrap: str, topic: str) -> None:
+def recreate_topic(bootstrap: str, topic: str) -> None:
+    """Delete the topic and make it again, compacted, as an operator would (a running subscriber's
+    metadata requests may let the broker auto-create it in between, with the broker's default
+    cleanup.policy, which the daemon refuses: then it is set to compact)."""
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         admin.delete_topics([topic])
@@ -88,6 +94,10 @@ def delete_topic(bootstrap: str, topic: str) -> None:
         while topic in admin.list_topics():
             assert time.monotonic() < deadline, f"{topic} was not deleted"
             time.sleep(0.5)
+        try:
+            admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+        except TopicAlreadyExistsError:
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"cleanup.policy": "compact"})])
     finally:
         admin.close()
 
@@ -110,8 +120,8 @@ def test_daemon_restarts_keep_it_and_subscribers_follow_a_recreated_topic(
         assert sub.wait_ready(60)
         held = sub.current()
         assert held is not None and (held.incarnation, held.epoch) == (first, 2)
-        # the mask topic is deleted, and a daemon starts from nothing: epoch 1, version 1 again
-        delete_topic(bootstrap, f"{unique}.masks")
+        # the mask topic is recreated, and a daemon starts from nothing: epoch 1, version 1 again
+        recreate_topic(bootstrap, f"{unique}.masks")
         run(bootstrap, unique, topics, tmp_path / "b")
         docs = masks_on(bootstrap, f"{unique}.masks")
         assert docs[0]["epoch"] == 1 and docs[0]["version"] == 1 and docs[0]["incarnation"] != first
