@@ -96,7 +96,7 @@ def test_an_unusable_state_dir_stops_the_cli_with_one_line(bootstrap: str, uniqu
 
     def refused(proc: subprocess.CompletedProcess, *words: str) -> None:
         assert proc.returncode == 2, proc.stderr[-3000:]
-        line = [x for x in proc.stderr.splitlines() if x.startswith("featsieve: refusing to start:")]
+        line = [x for x in proc.stderr.splitlines() if x.startswith("featsieve run: refusing to start:")]
         assert len(line) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         for word in words:
             assert word in line[0], line[0]

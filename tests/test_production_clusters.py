@@ -122,7 +122,7 @@ def test_daemon_refuses_an_existing_topic_that_is_not_compacted(bootstrap: str, 
         run = featsieve(*_run_args(bootstrap, unique, tmp_path, "--coordination", mode), check=False, timeout=120)
         assert run.returncode == 2, run.stderr
         line = run.stderr.strip().splitlines()[-1]
-        assert line.startswith("featsieve: invalid setting ") and "Traceback" not in run.stderr
+        assert line.startswith("featsieve run: invalid setting ") and "Traceback" not in run.stderr
         assert topic in line and "cleanup.policy=delete" in line and "compact" in line
         assert "kafka-configs.sh" in line  # how to fix it
         # the operator's topic is left as it was
@@ -270,7 +270,7 @@ def test_a_value_kafka_python_refuses_stops_start_up_naming_the_setting(bootstra
     env = {"FEATSIEVE_KAFKA_CLIENT_PROPERTIES": '{"compression.type": "gzp"}'}
     run = featsieve(*_run_args(bootstrap, unique, tmp_path), env=env, check=False, timeout=120)
     assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
-    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("featsieve: invalid setting kafka_client_properties")]
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("featsieve run: invalid setting kafka_client_properties")]
     assert len(lines) == 1, run.stderr
     assert "gzp" in lines[0] and "compression_type" in lines[0]
 
@@ -286,7 +286,7 @@ def test_a_written_topic_with_fewer_replicas_than_its_min_isr_stops_start_up(boo
         admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"min.insync.replicas": "2"})])
         run = featsieve(*_run_args(bootstrap, unique, tmp_path), check=False, timeout=120)
         assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
-        lines = [ln for ln in run.stderr.splitlines() if ln.startswith("featsieve: invalid setting dlq_topic: ")]
+        lines = [ln for ln in run.stderr.splitlines() if ln.startswith("featsieve run: invalid setting dlq_topic: ")]
         assert len(lines) == 1, run.stderr
         assert f"topic {topic} has 1 replica(s) but min.insync.replicas=2" in lines[0]
     finally:
