@@ -63,6 +63,7 @@ def policy_config_from(settings: Settings) -> Any:
         pair_min_z=settings.pair_min_z,
         gate_min_windows=settings.gate_min_windows,
         gate_min_auc=settings.gate_min_auc,
+        gate_max_disagreement=settings.gate_max_disagreement,
         enter_threshold=settings.enter_threshold,
         exit_threshold=settings.exit_threshold,
         min_examples=settings.min_examples,

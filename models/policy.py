@@ -87,6 +87,7 @@ class PolicyConfig:
     pair_min_z: float = 6.0  # with ~2000 pairs tried, chance gains reach z 4-4.5
     gate_min_windows: int = 2
     gate_min_auc: float = 0.55
+    gate_max_disagreement: float = 0.5  # share of MI-proven fields the gates may close and keep their vote
     id_like_share: float = 0.5
     refuse_empty: bool = True  # never decide a mask without fields (the daemon always refuses)
     enter_threshold: float = 2e-4
@@ -131,6 +132,8 @@ class PolicyConfig:
             raise ValueError(f"policy drop_hysteresis must be in [0, 1); got {self.drop_hysteresis}")
         if math.isnan(self.pair_min_z):
             raise ValueError("policy pair_min_z must be a number (inf: pairs never keep a field)")
+        if not 0.0 < self.gate_max_disagreement <= 1.0:
+            raise ValueError(f"policy gate_max_disagreement must be in (0, 1]; got {self.gate_max_disagreement}")
         if not 0.0 < self.id_like_share <= 1.0:
             raise ValueError(f"policy id_like_share must be in (0, 1]; got {self.id_like_share}")
         if self.gate_min_windows < 1:
@@ -268,7 +271,7 @@ class MaskPolicy:
         # a near-duplicate's gate rightly closes: its twin carries the signal
         sure = [e for e in evidence if e.z >= cfg.min_z and self._sufficient(e) and e.redundant_with is None]
         closed = sum(1 for e in sure if gates.field_gates.get(e.name, 1.0) < cfg.gate_exit)
-        contradicted = bool(sure) and closed * 2 >= len(sure)
+        contradicted = bool(sure) and closed >= cfg.gate_max_disagreement * len(sure)
         return "weak" if strength == "strong" and contradicted else strength
 
     def update(self, evidence: Sequence[FieldEvidence], gate_evidence: str | None = None) -> MaskDecision:

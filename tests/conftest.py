@@ -122,7 +122,9 @@ def gated_masks(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Gat
          "--model-id", name, "--mask-topic", f"{name}.masks", "--dlq-topic", f"{name}.dlq",
          "--group-id", name, "--state-dir", str(tmp_path_factory.mktemp("gated") / "state"),
          "--metrics-port", "0", "--mask-interval-s", "0.5", "--attribution-window-s", "120",
-         "--gate-window", "1000"],
+         "--gate-window", "1000",
+         # a model this young rarely earns a vote (docs/policy.md); these tests need its closed values
+         "--gate-min-windows", "1", "--gate-min-auc", "0", "--gate-max-disagreement", "1", "--drop-budget", "0.05"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
     sub = MaskSubscriber(name, bootstrap, topic=f"{name}.masks", on_update=lambda m: any(
         f.closed_values for f in m.fields.values()) and closed.set())
