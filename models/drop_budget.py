@@ -136,7 +136,7 @@ def decide_budget(
             targets[n] = BudgetTarget(False, "within_drop_budget", _rel(limit - bound, limit))
         else:
             targets[n] = BudgetTarget(True, "exceeds_drop_budget", _rel(bound - limit, limit))
-    used = total + confidence_z * math.sqrt(variance) if candidates else 0.0
+    used = total + confidence_z * math.sqrt(variance)  # 0 when nothing was dropped
     return BudgetOutcome(targets, budget, used)
 
 

@@ -150,7 +150,7 @@ def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
                 best[me] = cand
     gate_open = dict(gates.field_gates) if gates is not None else {}
     measured = {p.fields: p.sd for p in pairs if not getattr(p, "hashed", False)}
-    informative = sorted(s.name for s in scores if s.score - z_informative * getattr(s, "sd", 0.0) > 0
+    informative = sorted(s.name for s in scores if s.score - z_informative * s.sd > 0
                          and s.z >= z_informative)
     out = []
     for s in scores:
@@ -163,7 +163,7 @@ def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
             name=s.name, score=float(s.score), mi=float(s.mi), z=float(s.z),
             examples=int(s.examples), positives=int(s.positives), cardinality=int(s.cardinality),
             gate_open=gate_open.get(s.name), redundant_with=s.redundant_with,
-            sd=float(getattr(s, "sd", 0.0)), pair_with=partner, pair_gain=float(pg), pair_z=float(pz),
+            sd=float(s.sd), pair_with=partner, pair_gain=float(pg), pair_z=float(pz),
             unmeasured_with=unmeasured, interaction_sd=float(interaction_sd),
         ))
     return out
