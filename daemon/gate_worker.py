@@ -89,6 +89,10 @@ class GateTrainer:
         self.report: dict[str, Any] | None = None
         self.model: Any = None
         self.rate_steps = _RATE_STEPS
+        # set by the worker each time it finds its queue empty (it has caught up), read and
+        # cleared by the next offer: the rate climbs back after any drain between two offers,
+        # not only when an offer happens to see the queue nearly empty
+        self._drained = threading.Event()
         self.offered = 0
         self.skipped = 0
         self.trained = 0
@@ -130,6 +134,8 @@ class GateTrainer:
             return
         self._started.set()
         while True:
+            if self._queue.empty():
+                self._drained.set()
             kind, payload = self._queue.get()
             if kind == "stop":
                 self._flush()
@@ -210,8 +216,10 @@ class GateTrainer:
             skipped = n
             self.rate_steps = max(1, self.rate_steps // 2)
         else:
-            if self._queue.qsize() < self._queue.maxsize // 4 and self.rate_steps < _RATE_STEPS:
+            caught_up = self._drained.is_set() or self._queue.qsize() < self._queue.maxsize // 4
+            if caught_up and self.rate_steps < _RATE_STEPS:
                 self.rate_steps = min(_RATE_STEPS, self.rate_steps * 2)
+        self._drained.clear()
         self.skipped += skipped
         return skipped
 

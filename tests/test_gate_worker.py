@@ -133,3 +133,38 @@ def test_the_trainer_thread_runs_at_a_lower_priority_than_the_loop() -> None:
         assert os.getpriority(os.PRIO_PROCESS, trainer._thread.native_id) == min(ours + GATE_THREAD_NICE, 19)
     finally:
         trainer.stop()
+
+
+class _HeldModel:
+    """A gate model whose training waits for ``go``: a trainer that has fallen behind."""
+
+    def __init__(self, go: threading.Event) -> None:
+        self.go, self.examples = go, 0
+
+    def learn(self, hashes: np.ndarray, labels: np.ndarray) -> None:
+        self.go.wait(30)
+        self.examples += len(labels)
+
+
+def test_the_rate_halves_while_the_queue_is_full_and_climbs_back_after_the_worker_drains_it() -> None:
+    go = threading.Event()
+    trainer = GateTrainer(lambda snap=None: _HeldModel(go), queue_batches=4, batch_rows=1).start()
+    h, y = _data(20_000, seed=6)
+    # rows are sampled by their first column's hash: give it many values, so a few pass even the lowest rate
+    h[:, 0] = np.random.default_rng(6).integers(0, 2**63, len(h), dtype=np.uint64)
+    try:
+        for _ in range(20):  # the worker holds one batch, the queue the next four, the rest find it full
+            trainer.offer(h, y)
+        assert trainer.rate_steps == 1 and trainer.skipped > 0
+        go.set()
+        # the worker drains its queue; each later offer (one batch, far below the queue's size) doubles the rate
+        assert trainer.call(lambda m: m.examples) > 0
+        rates = []
+        for _ in range(12):
+            trainer.offer(h, y)
+            trainer.call(lambda m: None)  # the worker has taken the batch: it caught up again
+            rates.append(trainer.sampling_rate)
+        assert rates[:3] == [2 / 1024, 4 / 1024, 8 / 1024] and rates[-1] == 1.0, rates
+    finally:
+        go.set()
+        trainer.stop()

@@ -52,8 +52,17 @@ def test_a_full_training_queue_lowers_the_sampling_rate_reports_it_and_recovers(
         assert metric("featsieve_gate_examples_total") == 0
         # the trainer goes on; with more examples coming the rate climbs back to 1
         resume.touch()
-        produce(2)
-        wait_until(lambda: metric("featsieve_gate_sampling_rate") == 1.0, 180, "the sampling rate to recover")
+        seeds = iter(range(2, 100))
+
+        def recovered() -> bool:
+            # each offer after the trainer drained its queue doubles the rate (1/1024 -> 1 in ten):
+            # more examples while it has not climbed all the way back
+            if metric("featsieve_gate_sampling_rate") == 1.0:
+                return True
+            produce(next(seeds))
+            return metric("featsieve_gate_sampling_rate") == 1.0
+
+        wait_until(recovered, 240, "the sampling rate to recover", interval=1.0)
         assert metric("featsieve_gate_examples_total") > 0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
