@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from connectors.synthetic import GeneratorConfig, labelled_examples
-from daemon.gate_worker import GateTrainer
+from daemon.gate_worker import GateTrainer, _interleaved
 from models.gates import GateConfig, GatedCTR
 from models.interning import Interner
 from tests.test_gates import _hash
@@ -46,7 +46,7 @@ def _trainer(batch_rows: int = 1024) -> GateTrainer:
                        batch_rows=batch_rows).start()
 
 
-def test_offered_batches_are_recut_to_batch_rows_in_arrival_order() -> None:
+def test_offered_batches_are_recut_to_batch_rows_each_cut_in_its_rows_content_order() -> None:
     h, y = _data(10_000, seed=1)
     offered = _label_pure_batches(h, y, size=40)
     trainer = _trainer()
@@ -58,13 +58,39 @@ def test_offered_batches_are_recut_to_batch_rows_in_arrival_order() -> None:
         assert trainer.trained == len(y)  # the call trained the partial batch first
     finally:
         trainer.stop()
-    # the same rows, in the order they were offered, in batches of 1024 and a final partial one
-    all_h = np.concatenate([b[0] for b in offered])
-    all_y = np.concatenate([b[1] for b in offered])
+    # the same rows: pending rows gathered until there are 1024, put in content order, cut into
+    # batches of 1024 (the rest waits for the next offers), a final partial batch on the call
     direct = GatedCTR(CFG, seed=3)
-    for i in range(0, len(all_y), 1024):
-        direct.learn(all_h[i:i + 1024], all_y[i:i + 1024])
+    pending_h, pending_y = h[:0], y[:0]
+    for hh, yy in offered:
+        pending_h, pending_y = np.concatenate([pending_h, hh]), np.concatenate([pending_y, yy])
+        if len(pending_y) >= 1024:
+            ph, py = _interleaved(pending_h, pending_y)
+            full = len(py) - len(py) % 1024
+            for i in range(0, full, 1024):
+                direct.learn(ph[i:i + 1024], py[i:i + 1024])
+            pending_h, pending_y = ph[full:], py[full:]
+    direct.learn(*_interleaved(pending_h, pending_y))
     np.testing.assert_array_equal(got, direct.predict(probe))
+
+
+def test_content_order_is_a_permutation_fixed_by_the_rows_alone_and_mixes_a_label_sorted_batch() -> None:
+    h, y = _data(10_000, seed=8)
+    by_label = np.argsort(-y, kind="stable")  # a loop batch: its joined clicks first, expired impressions after
+    hs, ys = h[by_label], y[by_label]
+    oh, oy = _interleaved(hs, ys)
+    # a permutation of the rows
+    assert sorted(map(tuple, oh.tolist())) == sorted(map(tuple, hs.tolist())) and oy.sum() == ys.sum()
+    # fixed by the rows: any arrival order of the same rows gives the same order
+    shuffled = np.random.default_rng(0).permutation(len(ys))
+    rh, ry = _interleaved(hs[shuffled], ys[shuffled])
+    np.testing.assert_array_equal(rh, oh)
+    np.testing.assert_array_equal(ry, oy)
+    # mixed: each cut of 1024 holds about the batch's click share, not all of them or none
+    share = ys.mean()
+    cuts = [oy[i:i + 1024].mean() for i in range(0, len(oy) - 1023, 1024)]
+    assert ys[:1024].mean() > 5 * share  # as it came: the first cut nearly all clicks
+    assert all(0.4 * share < c < 2.0 * share for c in cuts), (share, cuts)
 
 
 def test_a_snapshot_reflects_every_example_offered_before_it() -> None:
@@ -78,7 +104,7 @@ def test_a_snapshot_reflects_every_example_offered_before_it() -> None:
         trainer.stop()
     restored = GatedCTR.restore(snap)
     direct = GatedCTR(CFG, seed=3)
-    direct.learn(h[:700], y[:700])
+    direct.learn(*_interleaved(h[:700], y[:700]))
     np.testing.assert_array_equal(restored.predict(h[700:]), direct.predict(h[700:]))
 
 
