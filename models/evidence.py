@@ -39,6 +39,10 @@ class FieldEvidence:
     to count exactly): an interaction there can neither be seen nor ruled out.
     ``interaction_sd`` is the largest null sd of its measured pairs with
     informative fields: the noise scale of what those pairs can show.
+    ``pairs_uncounted`` is the number of other fields whose pair with this one
+    has not been counted at all (online, pairs rotate through the MI state:
+    a pure interaction of two fields with no signal alone is invisible until
+    its turn comes).
     """
 
     name: str
@@ -56,6 +60,7 @@ class FieldEvidence:
     pair_z: float = 0.0
     unmeasured_with: str | None = None
     interaction_sd: float = 0.0
+    pairs_uncounted: int = 0
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -136,7 +141,8 @@ def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
     (the pair's gain over its parts in units of its null sd; ties by partner
     name), among pairs with a positive gain, and the first informative field
     (``z >= z_informative``) whose pair with it is not measured (absent from
-    ``pairs``, or hashed). ``gates`` adds each field's gate.
+    ``pairs``, or hashed), and how many fields' pairs with it are absent from
+    ``pairs`` (``pairs_uncounted``). ``gates`` adds each field's gate.
     """
     best: dict[str, tuple[float, float, str]] = {}
     for p in pairs:
@@ -150,6 +156,10 @@ def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
                 best[me] = cand
     gate_open = dict(gates.field_gates) if gates is not None else {}
     measured = {p.fields: p.sd for p in pairs if not getattr(p, "hashed", False)}
+    counted: dict[str, int] = {}
+    for p in pairs:
+        for name in p.fields:
+            counted[name] = counted.get(name, 0) + 1
     informative = sorted(s.name for s in scores if s.score - z_informative * s.sd > 0
                          and s.z >= z_informative)
     out = []
@@ -165,6 +175,7 @@ def build_evidence(scores: Sequence[Any], pairs: Sequence[Any] = (),
             gate_open=gate_open.get(s.name), redundant_with=s.redundant_with,
             sd=float(s.sd), pair_with=partner, pair_gain=float(pg), pair_z=float(pz),
             unmeasured_with=unmeasured, interaction_sd=float(interaction_sd),
+            pairs_uncounted=max(len(scores) - 1 - counted.get(s.name, 0), 0),
         ))
     return out
 

@@ -225,6 +225,31 @@ def test_a_field_whose_interaction_with_an_informative_field_is_unmeasured_is_ke
     assert decide([strong_field(), closed], gates="strong")["daytime"] == (False, "gate_closed")
 
 
+def test_strong_gates_drop_a_field_only_once_each_of_its_pairs_was_counted() -> None:
+    """Online, pairs rotate through the MI state: a pure interaction of two fields that carry no
+    signal alone (the default generator's XOR pair) is invisible until its turn comes, and a young
+    gate model that has not learnt it closes both fields."""
+    xor = FieldEvidence(name="xor_a", score=0.0, z=0.0, sd=1e-6, examples=N, positives=POS, cardinality=2,
+                        gate_open=0.0, pairs_uncounted=1)
+    assert decide([strong_field(), xor], gates="strong")["xor_a"][1] != "gate_closed"
+    counted = FieldEvidence(**{**xor.__dict__, "pairs_uncounted": 0})
+    assert decide([strong_field(), counted], gates="strong")["xor_a"] == (False, "gate_closed")
+
+
+def test_the_evidence_builder_counts_the_pairs_not_counted_yet() -> None:
+    rng = np.random.default_rng(5)
+    n = 5_000
+    rows = [{"a": int(x), "b": int(y), "c": int(z)} for x, y, z in rng.integers(0, 3, (n, 3))]
+    labels = (rng.random(n) < 0.1).astype(np.int8)
+    state = MIState(MIConfig(block_ms=0, pairs_top_n=0))
+    state.set_pairs([("a", "b")])
+    state.update(Interner().encode(rows), labels, np.zeros(n, np.int64))
+    scores, pairs = state.scores_and_pairs()
+    uncounted = {e.name: e.pairs_uncounted for e in build_evidence(scores, pairs)}
+    assert uncounted == {"a": 1, "b": 1, "c": 2}
+    assert {e.name: e.pairs_uncounted for e in build_evidence(scores, [])} == {"a": 2, "b": 2, "c": 2}
+
+
 def test_the_evidence_builder_names_an_unmeasured_interaction() -> None:
     rng = np.random.default_rng(4)
     n = 20_000

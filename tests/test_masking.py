@@ -27,7 +27,9 @@ class _Versions:
         return self.version + 1
 
 
-def _mi_with_two_informative_fields() -> tuple[MIState, Interner]:
+def _mi_with_two_informative_fields(
+    pairs: list[tuple[str, str]] | None = None,
+) -> tuple[MIState, Interner]:
     rng = np.random.default_rng(3)
     n = 40_000
     a = rng.integers(0, 4, n)
@@ -39,6 +41,8 @@ def _mi_with_two_informative_fields() -> tuple[MIState, Interner]:
     encoded = interner.encode([{"a": f"a{i}", "b": f"b{j}", "c": f"c{k}"} for i, j, k in zip(a, b, c, strict=True)])
     settings = load_settings(env={})
     mi = MIState(mi_config_from(settings))
+    # every pair counted (online they rotate in): strong gates drop a field only once its pairs were
+    mi.set_pairs([("a", "b"), ("a", "c"), ("b", "c")] if pairs is None else pairs)
     mi.update(encoded, y, np.full(n, 1_700_000_000_000, dtype=np.int64))
     return mi, interner
 
@@ -58,6 +62,11 @@ def test_closed_values_are_published_only_for_fields_the_gates_keep_open() -> No
     # unprotected, the strong gates' closed field gate drops c (MI does not vouch for it)
     msg, _ = MaskBuilder(load_settings(env={})).build(mi, _report(windows=2, auc=0.7), _Versions(), watermark_ms=0)
     assert (msg.fields["c"].keep, msg.fields["c"].reason, msg.fields["c"].closed_values) == (False, "gate_closed", None)
+    # before c's pairs were counted (online, pairs rotate through the MI state) the same gates do not
+    # drop it: an interaction of c with a field carrying no signal alone would be invisible to MI
+    young, _ = _mi_with_two_informative_fields(pairs=[("a", "b")])
+    msg, _ = MaskBuilder(load_settings(env={})).build(young, _report(windows=2, auc=0.7), _Versions(), watermark_ms=0)
+    assert msg.fields["c"].keep and msg.fields["c"].reason != "gate_closed", msg.fields["c"]
 
 
 def _report(windows: int, auc: float) -> dict[str, object]:
