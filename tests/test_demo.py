@@ -36,10 +36,10 @@ def test_demo_shows_mi_gates_and_closed_values_without_errors(bootstrap: str, tm
     assert int(gates[1]) + int(gates[2]) > 16, gates[0]  # better than chance on 32 fields
     closed = re.search(r"^closed values: (.+)$", proc.stdout, re.M)
     assert closed, lines[-12:]
-    if "gate evidence" not in gates[3] or "gate evidence strong" in gates[3]:
-        assert closed[1] != "none", lines[-12:]  # gates with a vote close some average values
-    else:  # the policy gave the gates no vote: the line says why there are none
-        assert closed[1].startswith("none (published only once the gates have earned a vote"), closed[0]
+    # the demo's gate model earns its vote (its batches are cut in content order, so a replay's
+    # batching does not teach it the order of the loop's joins and expiries) and closes values
+    assert "gate evidence strong" in gates[3], gates[0]
+    assert closed[1] != "none", lines[-12:]
     assert re.search(r"featsieve masks --bootstrap \S+ --follow demo-\d+", proc.stdout)
     assert "deploy/README.md" in proc.stdout
     # the per-field table shows the gate column with decisions
