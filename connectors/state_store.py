@@ -50,6 +50,13 @@ class StateUnreadable(SnapshotError):
     """Snapshots exist but none of them is readable: starting empty would silently lose the state."""
 
 
+class StateWriteError(OSError):
+    """A snapshot could not be written (disk full, file too large, permissions, I/O error).
+
+    The partial file is removed; the snapshots written before are untouched, so the state on
+    disk stays the last complete one. ``errno`` and ``strerror`` are the operating system's."""
+
+
 @dataclass(frozen=True)
 class LoadedSnapshot:
     sequence: int
@@ -87,15 +94,20 @@ class SnapshotStore:
         sequence = (seqs[-1] + 1) if seqs else 1
         final = self.path_for(sequence)
         tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC)
-            fh.write(_HEADER.pack(FORMAT_VERSION, len(payload), digest))
-            half = len(payload) // 2
-            fh.write(payload[:half])
-            failpoints.hit("snapshot_write", sequence, flush=fh)  # tests: a crash mid-write
-            fh.write(payload[half:])
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(MAGIC)
+                fh.write(_HEADER.pack(FORMAT_VERSION, len(payload), digest))
+                half = len(payload) // 2
+                fh.write(payload[:half])
+                failpoints.hit("snapshot_write", sequence, flush=fh)  # tests: a crash mid-write
+                fh.write(payload[half:])
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)  # a partial file only takes the space a retry needs
+            raise StateWriteError(exc.errno, f"could not write a snapshot to {self.directory}: "
+                                  f"{exc.strerror or exc}") from exc
         os.replace(tmp, final)
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:

@@ -74,7 +74,7 @@ from connectors.kafka_io import (
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
 from connectors.record_reader import read_batches_fast
-from connectors.state_store import SnapshotError, SnapshotStore
+from connectors.state_store import SnapshotError, SnapshotStore, StateWriteError
 from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
 from daemon.baked import GATE_SETTINGS, StateRefused, baked_settings, changed_settings, refusal
 from daemon.config import ConfigError, Settings
@@ -95,6 +95,7 @@ TOPIC_WAIT_S = 5.0  # at start-up, how long to wait for the input topics' metada
 INPUT_METADATA_MAX_AGE_MS = 30_000
 SIGNAL_GRACE_S = 2.0  # a second signal within this of the first is the same stop request
 SHUTDOWN_DLQ_WAIT_S = 30.0  # at shutdown, how long dead letters may still take to be delivered
+STATE_RETRY_S = 5.0  # while snapshots cannot be written (disk full ...), how often the checkpoint is tried again
 GATE_DRAIN_TIMEOUT_S = 600.0  # --exit-at-end: how long the gate model may take to train its queue
 # allocations between young-generation collections, and the older generations' (CPython: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 100)
@@ -190,7 +191,9 @@ class Daemon:
         # (lowest watermark, highest watermark, shard of the highest) over the owned shards, set by
         # the loop after each batch: /readyz and the event-time lag gauge read it from other threads
         self.event_time: tuple[int | None, int | None, int | None] = (None, None, None)
-        self._paused_for_dlq = False
+        self._paused_for: str | None = None  # why consumption is paused (dead letters, state), None if it is not
+        self.state_write_error: str | None = None  # the last snapshot write's error, None once one succeeds
+        self._state_retry_mono = 0.0
         self.restored_position: PublishedPosition | None = None
         self.trainer: Any = None
         self.decoder: DecodeWorker | None = None
@@ -458,15 +461,16 @@ class Daemon:
                     with self.state_lock:
                         self._coordinate()
                 # dead letters first, outside the lock: while some wait, nothing more is consumed
-                self._hold_for_dead_letters(self._deliver_dead_letters())
+                self._hold_consumption(self._hold_reason(self._deliver_dead_letters()))
                 self._poll_once()
                 now = self.clock()
                 if now - self.last_mask_mono >= self.s.mask_interval_s:
                     self.update_mask()
-                if (
-                    now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
-                    or self.events_since_checkpoint >= self.s.checkpoint_interval_events
-                ) and self._deliver_dead_letters():
+                due = (now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
+                       or self.events_since_checkpoint >= self.s.checkpoint_interval_events)
+                if self.state_write_error is not None:  # disk full ...: try again every STATE_RETRY_S
+                    due = now - self._state_retry_mono >= STATE_RETRY_S
+                if due and self._deliver_dead_letters():
                     self._interval_checkpoint()
                 if self.max_events is not None and self.events_seen >= self.max_events:
                     break
@@ -496,6 +500,11 @@ class Daemon:
         self.update_mask(force=True, end_of_input=reached_end and self.trainer is not None)
         with self.state_lock:
             size = self.checkpoint(reason="shutdown")
+        if self.state_write_error is not None:
+            log.error("stopping without a final checkpoint: %s (a restart resumes from the last snapshot "
+                      "written, so nothing is lost or counted twice)", self.state_write_error)
+            self._close()
+            return 1
         log.info(
             "featsieve stopped: events=%d state_bytes=%d offsets=%s mask_version=%d",
             self.events_seen, size, self._offsets_text(), self.publisher.version if self.publisher else 0,
@@ -627,25 +636,34 @@ class Daemon:
             self.metrics.kafka_errors.labels(type(self.dlq.last_error).__name__).inc()
         return done
 
-    def _hold_for_dead_letters(self, delivered: bool) -> None:
-        """Pause every assigned partition while dead letters wait (the loop goes on polling, so
-        the group membership and the rebalance callbacks live on); resume once they are through."""
+    def _hold_reason(self, delivered: bool) -> str | None:
+        """Why consumption must wait (None: it need not): dead letters not delivered, or a state
+        that cannot be written. What is consumed meanwhile could be neither dead-lettered nor
+        checkpointed, so nothing more is read until the cause is gone."""
+        if self.state_write_error is not None:
+            return f"the state cannot be written ({self.state_write_error})"
+        if not delivered:
+            return f"{self.dlq.pending if self.dlq else 0} dead letters wait for {self.s.dlq_topic}"
+        return None
+
+    def _hold_consumption(self, why: str | None) -> None:
+        """Pause every assigned partition while ``why`` holds (the loop goes on polling, so the
+        group membership and the rebalance callbacks live on); resume once it is gone."""
         consumer = self.consumer
         try:
-            if not delivered:
+            if why is not None:
                 assignment = consumer.assignment()
                 if assignment:
                     consumer.pause(*assignment)
-                if not self._paused_for_dlq:
-                    self._paused_for_dlq = True
-                    log.warning("consumption paused: %d dead letters wait for %s", self.dlq.pending if self.dlq else 0,
-                                self.s.dlq_topic)
-            elif self._paused_for_dlq:
+                if self._paused_for is None:
+                    log.warning("consumption paused: %s", why)
+                self._paused_for = why
+            elif self._paused_for is not None:
                 consumer.resume(*consumer.paused())
-                self._paused_for_dlq = False
-                log.info("consumption resumed: every dead letter is delivered")
+                self._paused_for = None
+                log.info("consumption resumed")
         except (KafkaError, KeyError, ValueError) as exc:  # the assignment changed under us: next time
-            log.debug("pause/resume for dead letters: %s", exc)
+            log.debug("pause/resume: %s", exc)
 
     def _final_dead_letters(self) -> None:
         """At shutdown: give waiting dead letters a last chance; raise if they cannot go."""
@@ -1331,7 +1349,20 @@ class Daemon:
             self.coordinator.publish_gates(self.own_gate_report())
             self.coordinator.flush()
         gates = self.trainer.call(lambda m: m.snapshot()) if self.trainer is not None else None
-        _, size = self.store.write(self.state_snapshot(gates))
+        try:
+            _, size = self.store.write(self.state_snapshot(gates))
+        except StateWriteError as exc:
+            # nothing is committed: the state on disk and its offsets stay the last complete
+            # snapshot's, and the loop consumes nothing more until a write succeeds
+            if self.state_write_error is None:
+                log.error("checkpoint (%s) failed: %s; consumption paused, tried again every %g s",
+                          reason, exc, STATE_RETRY_S)
+            self.state_write_error = str(exc)
+            self._state_retry_mono = self.clock()
+            return 0
+        if self.state_write_error is not None:
+            log.info("checkpoint written again after: %s", self.state_write_error)
+            self.state_write_error = None
         offsets = {
             TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
             for shard in self.shards.values()
@@ -1367,6 +1398,9 @@ class Daemon:
         if self.dlq is not None and self.dlq.blocked_since is not None:
             return False, (f"dead-letter topic {self.s.dlq_topic} unavailable ({self.dlq.reason()}): holding "
                            f"consumption, {self.dlq.pending} dead letters waiting")
+        if self.state_write_error is not None:
+            return False, (f"state not writable: {self.state_write_error}; holding consumption, "
+                           f"checkpoint tried again every {STATE_RETRY_S:g} s")
         _, high, shard = self.event_time
         if high is not None:
             ahead_s = high / 1000.0 - time.time()

@@ -11,6 +11,7 @@ from connectors.state_store import (
     SnapshotFromNewerBuild,
     SnapshotStore,
     StateUnreadable,
+    StateWriteError,
 )
 
 
@@ -102,3 +103,29 @@ def test_set_aside_moves_everything_and_deletes_nothing(tmp_path) -> None:
     assert sorted(p.name for p in aside.iterdir()) == [
         "snapshot-000000000001.bin", "snapshot-000000000002.bin", "snapshot-000000000003.tmp"]
     assert store.load_latest() is None  # an empty start now, deliberately
+
+
+def test_a_write_the_file_system_refuses_leaves_no_partial_file_and_the_last_snapshot_intact(tmp_path) -> None:
+    """The operating system's own refusal: a child process with a 64 KiB file-size limit
+    (EFBIG, the path ENOSPC takes too) writes a snapshot larger than that."""
+    import subprocess
+    import sys
+    import textwrap
+
+    SnapshotStore(tmp_path).write({"i": 1})
+    code = textwrap.dedent(f"""
+        import errno, resource
+        from connectors.state_store import SnapshotStore, StateWriteError
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
+        try:
+            SnapshotStore({str(tmp_path)!r}).write({{"big": b"x" * (1 << 20)}})
+        except StateWriteError as exc:
+            assert exc.errno == errno.EFBIG and {str(tmp_path)!r} in str(exc), exc
+            print("refused")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "refused", done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snapshot-000000000001.bin"]
+    loaded = SnapshotStore(tmp_path).load_latest()
+    assert loaded is not None and loaded.state == {"i": 1}
+    assert issubclass(StateWriteError, OSError)
