@@ -3,7 +3,7 @@
 The callers decide whether a bar is shown (a terminal, or ``--progress``); a bar that is not
 shown is a silent tqdm, so the calling code is the same either way. tqdm's monitor thread is
 turned off: callers refresh their bars themselves, and a second thread alive would make
-``connectors.tabular`` start its counting workers with 'spawn' instead of 'fork'.
+``daemon.tools.tabular`` start its counting workers with 'spawn' instead of 'fork'.
 """
 
 from __future__ import annotations

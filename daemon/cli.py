@@ -194,11 +194,11 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
         return serve(settings, exit_at_end=args.exit_at_end, max_events=args.max_events, duration_s=args.duration,
                      reset_state=args.reset_state)
     if args.command == "generate":
-        from daemon.generate import generate_command
+        from daemon.tools.generate import generate_command
 
         return generate_command(args, settings)
     if args.command == "score":
-        from daemon.score import score_command
+        from daemon.tools.score import score_command
 
         return score_command(args, settings)
     if args.command == "masks":
@@ -206,11 +206,11 @@ def _dispatch(args: argparse.Namespace, settings: object) -> int:
 
         return masks_command(args, settings)
     if args.command == "bench":
-        from daemon.bench import bench_command
+        from daemon.tools.bench import bench_command
 
         return bench_command(args, settings)
     if args.command == "evaluate":
-        from daemon.evaluate import evaluate_command
+        from daemon.tools.evaluate import evaluate_command
 
         return evaluate_command(args, settings)
     raise AssertionError(args.command)

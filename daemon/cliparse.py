@@ -119,10 +119,10 @@ def user_error_message(exc: BaseException, args: argparse.Namespace,
 
     if isinstance(exc, ConfigError | UserError):
         return str(exc)
-    tabular = sys.modules.get("connectors.tabular")
+    tabular = sys.modules.get("daemon.tools.tabular")
     if tabular is not None and isinstance(exc, tabular.InputError):
         return str(exc)
-    evaluate = sys.modules.get("daemon.evaluate")
+    evaluate = sys.modules.get("daemon.tools.evaluate")
     if evaluate is not None and isinstance(exc, evaluate.EvaluationError):
         return str(exc)
     if isinstance(exc, EOFError | gzip.BadGzipFile | zlib.error) and getattr(args, "input", None):

@@ -15,9 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from connectors.codec import Click, Impression, encode
 from connectors.decode_worker import DecodeWorker
-from connectors.synthetic import GeneratorConfig, generate
 from daemon.config import load_settings
 from daemon.runloop import Daemon
+from daemon.tools.synthetic import GeneratorConfig, generate
 from models.admission import ColumnActivity, FieldAdmission
 
 

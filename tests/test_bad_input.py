@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from connectors.codec import EventError, Impression, Limits, decode, encode
 from connectors.kafka_io import KafkaEndpoint, make_producer
 from connectors.state_store import SnapshotStore
-from connectors.synthetic import GeneratorConfig, generate
+from daemon.tools.synthetic import GeneratorConfig, generate
 from tests.conftest import (
     BIN,
     ROOT,

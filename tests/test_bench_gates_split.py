@@ -10,8 +10,8 @@ from kafka.partitioner.default import DefaultPartitioner
 
 from connectors.codec import Impression
 from connectors.join import JoinBuffer
-from connectors.synthetic import GeneratorConfig, generate, ground_truth, labelled_examples
-from daemon.bench_gates_split import SEED, SIZES, kafka_partition, split_by_instance
+from daemon.tools.bench_gates_split import SEED, SIZES, kafka_partition, split_by_instance
+from daemon.tools.synthetic import GeneratorConfig, generate, ground_truth, labelled_examples
 
 
 def test_labelled_examples_label_as_the_join_does() -> None:
@@ -71,8 +71,8 @@ def test_split_follows_the_kafka_partitioner_and_keeps_order() -> None:
 def test_tiny_suite_shape_and_its_single_instance_equals_a_direct_run() -> None:
     import torch
 
-    from daemon.bench import SUITES
     from daemon.config import load_settings
+    from daemon.tools.bench import SUITES
     from models.gates import GateConfig, GatedCTR
     from models.interning import Interner
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.bench_score import (
+from daemon.config import load_settings
+from daemon.tools.bench_score import (
     DATASETS,
     agreement,
     clearly_informative_outrank,
     outrank_threshold,
     suite_score,
 )
-from daemon.config import load_settings
 
 
 @pytest.mark.slow

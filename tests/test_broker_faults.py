@@ -21,7 +21,7 @@ from connectors.codec import Click, encode
 from connectors.kafka_io import KafkaEndpoint, make_admin, make_producer
 from connectors.state_store import SnapshotStore
 from connectors.subscriber import MaskSubscriber
-from connectors.synthetic import GeneratorConfig, generate
+from daemon.tools.synthetic import GeneratorConfig, generate
 from tests.conftest import BIN, ROOT, http_get, kcat_read, metric_samples, wait_until
 from tests.private_broker import PrivateBroker, free_ports
 from tests.test_crash import assert_same, final_state, last_mask

@@ -16,10 +16,10 @@ import numpy as np
 import orjson
 import pytest
 
-import connectors.tabular as tabular
-from daemon.bench_score import parse_outrank_ranking
+import daemon.tools.tabular as tabular
 from daemon.cli import _parser
 from daemon.config import SETTING_GROUPS, SETTINGS, SETTINGS_BY_NAME, load_settings
+from daemon.tools.bench_score import parse_outrank_ranking
 from tests.conftest import featsieve
 
 UNREACHABLE = "127.0.0.1:1"  # nothing listens on port 1: connection refused at once

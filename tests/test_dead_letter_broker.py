@@ -26,7 +26,7 @@ import pytest
 from connectors.codec import Click, encode
 from connectors.kafka_io import KafkaEndpoint, make_admin, make_producer
 from connectors.state_store import SnapshotStore
-from connectors.synthetic import GeneratorConfig, generate
+from daemon.tools.synthetic import GeneratorConfig, generate
 from tests.conftest import BIN, ROOT, free_port, http_get, kcat_read
 from tests.private_broker import PrivateBroker
 from tests.test_bad_input import _read_headers

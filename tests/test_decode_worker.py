@@ -22,7 +22,7 @@ from connectors.decode_worker import (
     decode_rows,
     rows_matrix,
 )
-from connectors.synthetic import GeneratorConfig, generate
+from daemon.tools.synthetic import GeneratorConfig, generate
 from models.interning import MISSING, Interner
 from tests.conftest import wait_until
 
@@ -217,8 +217,8 @@ def test_the_worker_does_not_outlive_a_killed_daemon() -> None:
 
 # ------------------------------------------------------------------ on the real broker
 def _produce(bootstrap: str, topics: tuple[str, str]) -> int:
-    from daemon.bench import produce_stream
     from daemon.config import load_settings
+    from daemon.tools.bench_stream import produce_stream
 
     settings = load_settings(env={"FEATSIEVE_BOOTSTRAP": bootstrap})
     return produce_stream(settings, topics, 12_000, seed=5, partitions=6)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from daemon.cli import main
-from daemon.timeorder import TimeOrderedSpill
+from daemon.tools.timeorder import TimeOrderedSpill
 from models.evaluation import (
     ScoreHistogram,
     aukc,

@@ -19,7 +19,7 @@ import pytest
 
 from connectors.codec import Click, Impression, encode
 from connectors.kafka_io import KafkaEndpoint, make_producer
-from connectors.synthetic import GeneratorConfig, generate
+from daemon.tools.synthetic import GeneratorConfig, generate
 from models.mi import MIState, merge_held_back
 from tests.conftest import BIN, ROOT, free_port, http_get
 from tests.test_bad_input import _read_headers

@@ -14,7 +14,7 @@ from connectors.codec import Impression, encode
 from connectors.join import PENDING_FIXED_BYTES
 from connectors.kafka_io import KafkaEndpoint, make_producer
 from connectors.state_store import FORMAT_VERSION, MAGIC, SnapshotStore
-from connectors.synthetic import GeneratorConfig, generate
+from daemon.tools.synthetic import GeneratorConfig, generate
 from tests.conftest import BIN, ROOT, kcat_read
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from connectors.synthetic import GeneratorConfig, labelled_examples
 from daemon.gate_worker import GateTrainer, _interleaved
+from daemon.tools.synthetic import GeneratorConfig, labelled_examples
 from models.gates import GateConfig, GatedCTR
 from models.interning import Interner
 from tests.test_gates import _hash

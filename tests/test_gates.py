@@ -157,7 +157,7 @@ def test_the_worker_starts_fresh_when_the_snapshot_is_of_another_format() -> Non
 def _default_stream(n: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray, dict]:
     """The default ~40-field generator as labelled examples, labelled as the join labels them and
     hashed as the daemon hashes them (columns are the interner's)."""
-    from connectors.synthetic import GeneratorConfig, ground_truth, labelled_examples
+    from daemon.tools.synthetic import GeneratorConfig, ground_truth, labelled_examples
     from models.interning import Interner
 
     cfg = GeneratorConfig(seed=seed, n_impressions=n, late_click_rate=0.0, duplicate_click_rate=0.0)
@@ -191,8 +191,8 @@ def test_default_generator_fields_are_decided_and_the_gated_model_loses_no_auc()
 
 @pytest.mark.slow
 def test_bench_gates_suite_covers_both_phases_of_a_window() -> None:
-    from daemon.bench import suite_gates
     from daemon.config import load_settings
+    from daemon.tools.bench import suite_gates
 
     result = suite_gates(load_settings(env={}), "tiny")
     assert result["suite"] == "gates" and result["examples"] == 20_000 and result["fields"] == 40

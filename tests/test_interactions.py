@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors.synthetic import GeneratorConfig, labelled_examples
 from daemon.cli import main
 from daemon.config import load_settings
 from daemon.settings_map import mi_config_from, policy_config_from
+from daemon.tools.synthetic import GeneratorConfig, labelled_examples
 from models.evidence import build_evidence
 from models.interning import EncodedBatch, Interner
 from models.mi import MIState

@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-import connectors.tabular as tabular
-from connectors.tabular import csv_ranges, score_file
+import daemon.tools.tabular as tabular
+from daemon.tools.tabular import csv_ranges, score_file
 from tests.conftest import featsieve
 
 TIMING = ("seconds", "rows_per_s", "workers")

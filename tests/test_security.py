@@ -24,8 +24,8 @@ from connectors.codec import REASONS
 from connectors.join import REJECT_REASON
 from connectors.kafka_io import KafkaEndpoint, KafkaSecurity
 from connectors.subscriber import MaskSubscriber
-from connectors.synthetic import GeneratorConfig, generate
-from daemon.generate import _with_bad
+from daemon.tools.generate import _with_bad
+from daemon.tools.synthetic import GeneratorConfig, generate
 from tests.conftest import BIN, ROOT, featsieve, http_get, metric_samples, read_records, wait_until
 from tests.private_broker import PrivateBroker, free_ports, make_ca
 

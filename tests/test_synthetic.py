@@ -12,7 +12,13 @@ import pytest
 
 from connectors.codec import Click, Impression, decode, encode
 from connectors.join import JoinBuffer
-from connectors.synthetic import PRESETS, GeneratorConfig, generate, ground_truth, labelled_examples
+from daemon.tools.synthetic import (
+    PRESETS,
+    GeneratorConfig,
+    generate,
+    ground_truth,
+    labelled_examples,
+)
 
 
 def small(n: int = 3000, **kw: object) -> GeneratorConfig:

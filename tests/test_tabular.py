@@ -10,7 +10,7 @@ import numpy as np
 import orjson
 import pytest
 
-from connectors.tabular import read_batches, score_file
+from daemon.tools.tabular import read_batches, score_file
 from tests.conftest import featsieve
 
 
@@ -84,7 +84,7 @@ def test_score_cli_json_and_table(tmp_path: Path) -> None:
 
 def _hashed(path: Path, reader: str, batch_rows: int = 7) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Field names (sorted), the hash of every (row, field), labels and row numbers: all batches."""
-    from connectors.tabular import encoded_batches
+    from daemon.tools.tabular import encoded_batches
     from models.interning import Interner
 
     interner = Interner()
@@ -113,7 +113,7 @@ def test_csv_bytes_reader_hashes_like_the_row_reader(tmp_path: Path, tail: str) 
     path.write_bytes(text.encode())
     from collections import Counter
 
-    from connectors.tabular import encoded_batches
+    from daemon.tools.tabular import encoded_batches
     from models.interning import Interner
 
     fast, slow = Counter(), Counter()

@@ -81,7 +81,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "`assert orjson.dumps(...)`: non-empty bytes are always true",
     ),
     Mutant(
-        "ground-truth-ignores-seed", "connectors/synthetic.py",
+        "ground-truth-ignores-seed", "daemon/tools/synthetic.py",
         "    model = _Model(config)\n    mi, xor_mi = model.true_mi()",
         "    model = _Model(replace(config, seed=0))\n    mi, xor_mi = model.true_mi()",
         "tests/test_synthetic.py::test_same_config_same_bytes_other_seed_other_bytes",
@@ -96,7 +96,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "`== (200, slow.bytes_read)` compared a value with itself",
     ),
     Mutant(
-        "gates-split-compares-with-itself", "daemon/bench_gates_split.py",
+        "gates-split-compares-with-itself", "daemon/tools/bench_gates_split.py",
         '"auc_gated_diff": _diff(m["auc_gated"], b["auc_gated"])', '"auc_gated_diff": _diff(m["auc_gated"], m["auc_gated"])',
         "tests/test_bench_gates_split.py::test_tiny_suite_shape_and_its_single_instance_equals_a_direct_run",
         'assert vs["auc_gated_diff"] == m["auc_gated"] - b["auc_gated"]',

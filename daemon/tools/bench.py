@@ -24,42 +24,9 @@ import numpy as np
 import orjson
 
 from daemon.config import Settings
+from daemon.tools.bench_stream import SIZES, peak_rss_mb, produce_stream
 
 log = logging.getLogger("featsieve.bench")
-
-SIZES = {"tiny": 20_000, "small": 100_000, "full": 400_000}
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def produce_stream(
-    settings: Settings, topics: tuple[str, str], impressions: int, seed: int = 11, partitions: int = 1
-) -> int:
-    """Generate the default ~40-field stream into ``topics``; returns the number of events produced."""
-    from connectors.codec import encode
-    from connectors.kafka_io import TopicSpec, ensure_topics, make_admin, make_producer
-    from connectors.synthetic import GeneratorConfig, generate
-    from daemon.settings_map import endpoint_from
-
-    endpoint = endpoint_from(settings)
-    admin = make_admin(endpoint)
-    try:
-        ensure_topics(admin, [TopicSpec(t, partitions) for t in topics])
-    finally:
-        admin.close()
-    producer = make_producer(endpoint, linger_ms=50, batch_size=1 << 20, compression_type=None)
-    n = 0
-    cfg = GeneratorConfig(seed=seed, n_impressions=impressions, preset="default", event_rate=20.0)
-    for ev in generate(cfg):
-        topic = topics[0] if type(ev).__name__ == "Impression" else topics[1]
-        producer.send(topic, key=ev.id.encode(), value=encode(ev))
-        n += 1
-    producer.flush()
-    producer.close()
-    return n
-
 
 def ceiling(settings: Settings, topics: tuple[str, str], expected: int,
             gc_threshold: tuple[int, int, int] | None = None, fast_reader: bool = False) -> dict[str, float]:
@@ -175,7 +142,7 @@ def isolated(name: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     import subprocess
 
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, "-m", "daemon.bench", out.name], check=True,
+        subprocess.run([sys.executable, "-m", "daemon.tools.bench", out.name], check=True,
                        input=pickle.dumps((name, args, kwargs)))
         result: dict[str, Any] = orjson.loads(Path(out.name).read_bytes())
     return result
@@ -294,7 +261,7 @@ def suite_mi(settings: Settings, size: str) -> dict[str, Any]:
     state.scores()
     score_s = time.perf_counter() - t1
     return {"suite": "mi", "rows": n, "fields": fields, "update_rows_per_s": n / elapsed,
-            "scores_seconds": score_s, "peak_rss_mb": _peak_rss_mb()}
+            "scores_seconds": score_s, "peak_rss_mb": peak_rss_mb()}
 
 
 def _gate_pass(settings: Settings, hashes: np.ndarray, labels: np.ndarray, threads: int) -> dict[str, float]:
@@ -344,22 +311,22 @@ def suite_scale(settings: Settings, size: str) -> dict[str, Any]:
     """The scoring core's rate and memory as fields, cardinality, pairs and stream length grow."""
     from dataclasses import asdict
 
-    from daemon.bench_scale import suite_scale as scale
     from daemon.settings_map import mi_config_from
+    from daemon.tools.bench_scale import suite_scale as scale
 
     return scale(asdict(mi_config_from(settings)), size)
 
 
 def suite_instances(settings: Settings, size: str) -> dict[str, Any]:
     """Total events/s of 1, 2 and 3 group-mode instances sharing one 6-partition stream."""
-    from daemon.bench_cluster import suite_instances as instances
+    from daemon.tools.bench_cluster import suite_instances as instances
 
     return instances(settings, size)
 
 
 def suite_gates_split(settings: Settings, size: str) -> dict[str, Any]:
     """Gate quality (field F1, online AUC) of 1, 2 and 3 instances each training on its partitions."""
-    from daemon.bench_gates_split import suite_gates_split as gates_split
+    from daemon.tools.bench_gates_split import suite_gates_split as gates_split
 
     return gates_split(settings, size)
 
@@ -370,7 +337,7 @@ SUITES = {"e2e": suite_e2e, "mi": suite_mi, "gates": suite_gates, "scale": suite
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.suite == "score":
-        from daemon.bench_score import suite_score
+        from daemon.tools.bench_score import suite_score
 
         result = suite_score(settings, args.size, args.outrank_python)
     elif args.suite in SUITES:

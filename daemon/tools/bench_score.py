@@ -11,7 +11,7 @@ offline with their clicks by id within the attribution window):
 
 Each is scored by
 
-* featsieve: :func:`connectors.tabular.score_file` in this process, timed (median of
+* featsieve: :func:`daemon.tools.tabular.score_file` in this process, timed (median of
   ``FEATSIEVE_RUNS`` runs), with all usable cores (``workers``, as ``featsieve score`` does
   by default) and, for reference, with one process; also the ``featsieve score`` command
   end to end, once (a subprocess, so interpreter start and imports included);
@@ -50,8 +50,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.bench import SIZES, _peak_rss_mb
 from daemon.config import Settings
+from daemon.tools.bench_stream import SIZES, peak_rss_mb
 
 log = logging.getLogger("featsieve.bench")
 
@@ -94,7 +94,7 @@ def write_labelled_csv(path: Path, config: Any, window_ms: int) -> dict[str, Any
     column last. Returns ``{"rows", "positives", "fields"}``.
     """
     from connectors.codec import Click, Impression
-    from connectors.synthetic import generate
+    from daemon.tools.synthetic import generate
 
     clicks: dict[str, list[int]] = {}
     for ev in generate(config):
@@ -132,9 +132,9 @@ def _head(src: Path, dst: Path, rows: int) -> None:
 
 # ------------------------------------------------------------------ featsieve
 def run_featsieve(path: Path, settings: Settings, workers: int = 1) -> tuple[dict[str, Any], float]:
-    """Score ``path`` with :func:`connectors.tabular.score_file`; returns (result, seconds)."""
-    from connectors.tabular import score_file
+    """Score ``path`` with :func:`daemon.tools.tabular.score_file`; returns (result, seconds)."""
     from daemon.settings_map import mi_config_from
+    from daemon.tools.tabular import score_file
 
     t0 = time.perf_counter()
     result = score_file(
@@ -318,7 +318,7 @@ def spearman_vs_truth(scores: Mapping[str, float], truth_order: Sequence[str]) -
 # ------------------------------------------------------------------ the suite
 def dataset_config(name: str, size: str, seed: int, settings: Settings) -> Any:
     """The generator config of one of :data:`DATASETS` at ``size``."""
-    from connectors.synthetic import GeneratorConfig
+    from daemon.tools.synthetic import GeneratorConfig
 
     if name == "default":
         return GeneratorConfig(seed=seed, n_impressions=SIZES[size], preset="default",
@@ -395,8 +395,8 @@ def suite_score(settings: Settings, size: str, outrank_python: str | None,
     """
     from dataclasses import replace
 
-    from connectors.synthetic import ground_truth
-    from connectors.tabular import default_workers
+    from daemon.tools.synthetic import ground_truth
+    from daemon.tools.tabular import default_workers
 
     python = find_outrank_python(outrank_python) if with_outrank else None
     workers = default_workers() if workers is None else workers
@@ -434,7 +434,7 @@ def suite_score(settings: Settings, size: str, outrank_python: str | None,
             report["agree_where_clear"] = report["datasets"]["clear"]["agreement"]["agree"]
     report["load_avg_end"] = _load()
     report["cores"] = os.cpu_count()
-    report["peak_rss_mb"] = _peak_rss_mb()
+    report["peak_rss_mb"] = peak_rss_mb()
     report["python"] = sys.version.split()[0]
     return report
 

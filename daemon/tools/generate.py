@@ -22,10 +22,10 @@ from connectors.kafka_io import (
     make_admin,
     make_producer,
 )
-from connectors.synthetic import GeneratorConfig, generate, ground_truth
 from daemon.cliparse import UserError, progress_wanted
 from daemon.config import Settings
 from daemon.settings_map import endpoint_from
+from daemon.tools.synthetic import GeneratorConfig, generate, ground_truth
 
 log = logging.getLogger("featsieve.generate")
 

@@ -6,7 +6,7 @@ partitions it owns, and the mask writer combines their name-keyed reports with
 broker, so only the split itself differs between runs:
 
 1. the default ~40-field generator (seeded) is joined into labelled examples
-   (:func:`connectors.synthetic.labelled_examples`);
+   (:func:`daemon.tools.synthetic.labelled_examples`);
 2. each example goes to Kafka partition ``murmur2(impression id) % 6`` (the
    producer's default partitioner for keyed messages) and partition ``p`` to
    instance ``p % N`` (round-robin); each instance keeps event-time order;
@@ -39,11 +39,16 @@ from typing import Any
 import numpy as np
 from kafka.partitioner.default import murmur2
 
-from connectors.synthetic import GeneratorConfig, LabelledExamples, ground_truth, labelled_examples
 from daemon.cluster import combine_gate_reports
 from daemon.config import Settings
 from daemon.masking import named_gate_report
 from daemon.settings_map import gate_config_from
+from daemon.tools.synthetic import (
+    GeneratorConfig,
+    LabelledExamples,
+    ground_truth,
+    labelled_examples,
+)
 from models.interning import Interner
 from models.policy import PolicyConfig
 

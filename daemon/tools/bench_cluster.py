@@ -73,7 +73,7 @@ def _run_group(settings: Settings, topics: tuple[str, str], n: int, workdir: Pat
 
 
 def suite_instances(settings: Settings, size: str) -> dict[str, Any]:
-    from daemon.bench import SIZES, produce_stream
+    from daemon.tools.bench_stream import SIZES, produce_stream
 
     run = "bench-" + uuid.uuid4().hex[:8]
     topics = (f"{run}.impressions", f"{run}.clicks")

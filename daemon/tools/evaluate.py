@@ -2,10 +2,10 @@
 
 Pipeline (docs/evaluation.md has the method and a worked example):
 
-1. **read** the file with connectors/tabular.py (CSV with a label column, or
+1. **read** the file with daemon/tools/tabular.py (CSV with a label column, or
    JSONL events joined exactly as the daemon joins them), intern values with
    the daemon's :class:`~models.interning.Interner`, and spill the encoded
-   examples to a temporary directory (daemon/timeorder.py), so memory does
+   examples to a temporary directory (daemon/tools/timeorder.py), so memory does
    not grow with the file;
 2. **replay in time order** in batches: the first ``warmup`` examples only
    teach the evidence (the daemon's MI state and an OptFS gate model with one
@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from connectors.tabular import Batch, ReadMeter, input_format, read_batches
-from daemon.timeorder import TimeOrderedSpill
+from daemon.tools.tabular import Batch, ReadMeter, input_format, read_batches
+from daemon.tools.timeorder import TimeOrderedSpill
 from models.evaluation import (
     ScoreHistogram,
     aukc,
@@ -149,7 +149,7 @@ def _with_time(batches: Iterator[Batch], column: str, skipped: Counter[str]) -> 
 def spill_file(path: str, label: str | None, cfg: EvalConfig, spill: TimeOrderedSpill, interner: Interner,
                skipped: Counter[str], progress: Callable[[int], None] | None = None, fmt: str | None = None,
                meter: ReadMeter | None = None) -> None:
-    """Read, intern and spill every labelled example of the file (``fmt``: connectors/tabular.py's formats)."""
+    """Read, intern and spill every labelled example of the file (``fmt``: daemon/tools/tabular.py's formats)."""
     if cfg.time_column and input_format(path, fmt) != "csv":
         raise EvaluationError("--time-column applies to CSV input; JSONL events are ordered by their ts")
     batches = read_batches(path, label, 8192, cfg.window_ms, skipped, fmt, meter)
@@ -496,7 +496,7 @@ def _bar(stage: str, total: int, enabled: bool, unit: str) -> Any:
 
 def _check_read(path: str, fmt: str, rows: int, skipped: Counter[str]) -> None:
     """Fail loudly when the file gave nothing to evaluate, or a label column that is not 0/1."""
-    from connectors.tabular import MAX_BAD_LABEL_SHARE
+    from daemon.tools.tabular import MAX_BAD_LABEL_SHARE
 
     bad = skipped.get("bad_label", 0)
     if fmt == "csv" and bad > MAX_BAD_LABEL_SHARE * (rows + bad):

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from connectors.tabular import default_workers, score_file
 from daemon.cliparse import UserError, progress_wanted
 from daemon.config import Settings
 from daemon.settings_map import mi_config_from
+from daemon.tools.tabular import default_workers, score_file
 
 HEURISTIC = "featsieve-MI"  # the "Score <heuristic>" column of feature_singles.tsv
 JSONL_LABEL = "label"  # the label's name in pairwise_ranks.tsv for JSONL input (it has no column)

@@ -68,7 +68,7 @@ def run_case(fields: int, widest: int, pairs: int, rows: int, mi: dict[str, Any]
 
 def _child(case: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
-        [sys.executable, "-m", "daemon.bench_scale", json.dumps(case)],
+        [sys.executable, "-m", "daemon.tools.bench_scale", json.dumps(case)],
         capture_output=True, text=True, timeout=3600, check=False,
     )
     if proc.returncode != 0:
