@@ -4,14 +4,14 @@ Every consumer, producer and admin client of the daemon and of the mask
 subscriber comes from :func:`make_consumer`, :func:`make_producer` or
 :func:`make_admin` with a :class:`KafkaEndpoint`, so TLS/SASL settings and the
 operator's client properties apply to all of them and secrets are handed to
-kafka-python only at construction.
+kafka-python only at construction. The clients are kafka-python's as shipped: the daemon's own
+clients get featsieve's adaptations of its internals from connectors/kafka_compat.py, explicitly.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +24,6 @@ from kafka.errors import (
     InvalidConfigurationError,
     InvalidReplicationFactorError,
     KafkaConfigurationError,
-    KafkaConnectionError,
     KafkaError,
     PolicyViolationError,
     TopicAlreadyExistsError,
@@ -225,59 +224,6 @@ def _checked_value(shown: str, value: Any, default: Any) -> Any:
     return value
 
 
-RECV_BYTES = 256 * 1024  # what one socket read may return (kafka-python 3.0 asks for 4 KB)
-_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-def _read_available(transport: Any) -> tuple[bytes, Exception | None]:
-    """Everything the transport's socket has now, in reads of up to :data:`RECV_BYTES`; the
-    error, if any, as kafka-python's own reader reports it (the connection is then closed)."""
-    chunks: list[bytes] = []
-    sock = transport._sock
-    if sock is None:
-        # the client closed the transport while this read was scheduled (closing a consumer or a
-        # producer does): nothing to read, and the library's abort of a closed transport is a
-        # no-op. Reading None.recv raised in kafka-python's task loop, which logged
-        # 'ERROR kafka.net.selector: Unhandled exception in task' with a traceback.
-        return b"", KafkaConnectionError("socket closed")
-    recv = sock.recv
-    while True:
-        try:
-            data = recv(RECV_BYTES)
-        except _WOULD_BLOCK:
-            return b"".join(chunks), None
-        except Exception as exc:  # noqa: BLE001 - handed to the library, which closes the connection
-            log.warning("kafka socket read failed: %s", exc)
-            return b"".join(chunks), KafkaConnectionError(str(exc))
-        if not data:
-            return b"".join(chunks), KafkaConnectionError("socket disconnected")
-        chunks.append(data)
-
-
-def read_sockets_in_large_chunks() -> bool:
-    """Have kafka-python's transports read up to :data:`RECV_BYTES` per call instead of 4 KB.
-
-    kafka-python 3.0 (3.0.12 checked) receives on its I/O thread with ``recv(4096)`` in a loop,
-    and every read must take the GIL back from the poll loop, which holds it while it parses and
-    joins: a 4 MB fetch was ~1000 such hand-offs, up to the interpreter's switch interval
-    (5 ms) each, and the loop sat in ``poll()`` waiting for fetches it had long been sent
-    (docs/internals.md). Returns False when the library has no such reader (left as it is).
-    """
-    try:
-        from kafka.net import transport
-    except ImportError:
-        return False
-    patched = False
-    for cls in (getattr(transport, "KafkaTCPTransport", None), getattr(transport, "KafkaSSLTransport", None)):
-        if cls is not None and hasattr(cls, "_sock_recv") and "_sock_recv" in vars(cls):
-            cls._sock_recv = _read_available
-            patched = True
-    return patched
-
-
-read_sockets_in_large_chunks()  # for every client this process makes, ours or not
-
-
 # Every make_* lays its options over each other in this order, later winning: featsieve's defaults
 # for the kind of client, the endpoint (bootstrap, client id, security), the endpoint's client
 # properties, then what the caller needs for its own job (the stats producer's max_request_size,
@@ -292,38 +238,7 @@ def make_consumer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaConsumer:
         **endpoint.options_for(KafkaConsumer),
         **overrides,
     }
-    consumer = _construct(KafkaConsumer, endpoint, opts)
-    _keep_metadata_rejoins(consumer)
-    return consumer
-
-
-def _keep_metadata_rejoins(consumer: KafkaConsumer) -> None:
-    """Make a rejoin that metadata asked for stay asked for until the join completes.
-
-    kafka-python 3.0 (3.0.12 checked) decides a group leader must rejoin when the topics'
-    metadata no longer matches what it assigned from, but keeps no record of that decision: the
-    leader's new assignment copies the metadata, so from then on ``need_rejoin()`` says no.
-    When that JoinGroup is answered while the caller is not inside ``poll()`` (it was processing a
-    batch, or its poll timed out first), no later poll awaits the join: the member stays
-    "rebalancing" with its heartbeat off, the broker expels it after the session timeout and
-    the consumer never fetches again. New partitions on an input topic, or topics created just
-    before the daemon starts, lead there. Java's client records the request (``requestRejoin``),
-    and so do we; a client without these internals is left as it is.
-    """
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None or not all(
-        hasattr(coordinator, name) for name in ("_assignment_snapshot", "_metadata_snapshot", "request_rejoin")
-    ):
-        return
-    need_rejoin = coordinator.need_rejoin
-
-    def need_rejoin_recorded() -> bool:
-        snapshot = coordinator._assignment_snapshot
-        if snapshot is not None and snapshot != coordinator._metadata_snapshot:
-            coordinator.request_rejoin()
-        return bool(need_rejoin())
-
-    coordinator.need_rejoin = need_rejoin_recorded
+    return _construct(KafkaConsumer, endpoint, opts)
 
 
 def make_producer(endpoint: KafkaEndpoint, **overrides: Any) -> KafkaProducer:
@@ -353,24 +268,6 @@ def _construct(client_class: Any, endpoint: KafkaEndpoint, opts: dict[str, Any])
             raise
         raise ClientPropertyError(f"kafka-python's {client_class.__name__} refused its configuration: {exc} "
                                   f"(the client properties given: {', '.join(k for k, _ in endpoint.properties)})") from None
-
-
-def broker_connected(client: Any) -> bool:
-    """Whether a consumer, producer or admin client holds at least one live broker connection.
-
-    kafka-python's ``poll`` does not raise while the brokers are gone (it reconnects in the
-    background), so readiness asks the client's connection manager instead. Safe to call from
-    another thread: it only reads connection flags. Unknown client internals count as connected.
-    """
-    net = getattr(client, "_client", None)
-    manager = getattr(net, "_manager", None)
-    conns = getattr(manager, "_conns", None)
-    if conns is None:
-        return True
-    try:
-        return any(getattr(conn, "connected", False) for conn in list(conns.values()))
-    except RuntimeError:  # the dict changed size while we read it: ask again next time
-        return True
 
 
 # kafka-python's log text for each failure we can name, and what the operator should check

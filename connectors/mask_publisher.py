@@ -30,6 +30,7 @@ from kafka import KafkaProducer, TopicPartition
 from kafka.errors import InvalidProducerEpochError, KafkaError, ProducerFencedError
 
 from connectors import mask_message
+from connectors.kafka_compat import transaction_error
 from connectors.kafka_io import KafkaEndpoint, make_consumer, make_producer
 from connectors.mask_message import MaskMessage
 
@@ -181,12 +182,12 @@ class MaskPublisher:
         kafka-python says so in more than one way: ``ProducerFencedError`` from the call that
         found out, but when a send's acknowledgement found out first, that send fails with
         another error and every transactional call after it with a plain ``KafkaError`` ("in an
-        error state: ProducerFencedError"). The transaction manager keeps the fatal error: ask it.
+        error state: ProducerFencedError"). The transaction manager keeps the fatal error: ask it
+        (connectors/kafka_compat.py).
         """
         if isinstance(exc, ProducerFencedError | InvalidProducerEpochError):
             return True
-        manager = getattr(self._producer, "_transaction_manager", None)
-        return isinstance(getattr(manager, "last_error", None), ProducerFencedError | InvalidProducerEpochError)
+        return isinstance(transaction_error(self._producer), ProducerFencedError | InvalidProducerEpochError)
 
     def position(self) -> PublishedPosition:
         return PublishedPosition(self.epoch, self.version, self.incarnation)

@@ -1,36 +1,28 @@
-"""A faster reader of fetched record batches for kafka-python's consumer.
+"""The parser of a faster reader of fetched record batches for kafka-python's consumer.
 
 kafka-python 3.0 (3.0.12 checked) turns a fetched v2 record batch into ``ConsumerRecord`` s
 one record at a time through four layers (``MemoryRecords`` → ``DefaultRecordBatch`` →
 ``DefaultRecord`` → ``ConsumerRecord``), with a Python function call per varint, per property
 and per deserializer. On the daemon's poll loop that was ~7.5 µs of the ~13 µs each event cost
-(py-spy, docs/internals.md), nearly the whole budget of a plain consumer. :class:`FastPartitionRecords`
-reads the same batches in one loop per batch instead: the same records, offsets, timestamps,
-keys, values and headers come out, with the same CRC checks, skipping of control batches and
+(py-spy, docs/internals.md), nearly the whole budget of a plain consumer.
+:class:`connectors.kafka_compat.FastPartitionRecords` reads the same batches in one loop per
+batch instead, with :func:`parse_records`: the same records, offsets, timestamps, keys, values
+and headers come out, with the same CRC checks, skipping of control batches and
 of aborted transactions under ``read_committed``, and the same positions for the next fetch.
 Batches it does not know (message format v0/v1) go through the library's own reader.
 
-:func:`read_batches_fast` installs it on one consumer; the library's types are kept, so nothing
-downstream changes. tests/test_record_reader.py compares both readers record by record.
+This module holds the wire-format parsing (:func:`parse_records`), which touches nothing of the
+library; the reader class, which is a kafka-python internal, and its installer live in
+connectors/kafka_compat.py with the library's other internals. The library's types are kept,
+so nothing downstream changes. tests/test_record_reader.py compares both readers record by record.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Callable
 from typing import Any
 
-from kafka.consumer.fetcher import ConsumerRecord, Fetcher
 from kafka.errors import CorruptRecordError
-from kafka.protocol.consumer import IsolationLevel
-from kafka.record.default_records import DefaultRecordBatch
-
-log = logging.getLogger(__name__)
-
-_HEADER_SIZE = DefaultRecordBatch.HEADER_STRUCT.size  # 61 bytes before the first record
-# what _batch_body and _read_batch use of a batch beyond its public properties
-_BATCH_INTERNALS = all(hasattr(DefaultRecordBatch, name) for name in ("_buffer", "_pos", "_num_records", "_maybe_uncompress"))
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -131,7 +123,7 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
             pos += 1
         else:
             headers, pos = _headers(buf, pos)
-            header_size = _header_size(headers)
+            header_size = serialized_header_size(headers)
         if pos != stop:
             raise CorruptRecordError(f"record at byte {at}: fields took {pos - at} bytes, its length says {length}")
         offset = base_offset + offset_delta
@@ -165,140 +157,14 @@ def _headers(buf: bytes, pos: int) -> tuple[list[Any], int]:
     return headers, pos
 
 
-def _header_size(headers: list[Any]) -> int:
+def serialized_header_size(headers: list[Any]) -> int:
     """What kafka-python reports as a record's serialized header size."""
     return sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
 
 
-def _batch_body(batch: DefaultRecordBatch) -> tuple[bytes, int]:
-    """The batch's records as bytes (decompressed if need be) and where the first one starts."""
-    if batch.compression_type == batch.CODEC_NONE:
-        return bytes(batch._buffer), _HEADER_SIZE
-    batch._maybe_uncompress()  # the library's codecs, into the batch's own buffer
-    return bytes(batch._buffer), batch._pos
-
-
-class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
-    """kafka-python's partition records, with v2 batches read by :func:`parse_records` a whole
-    batch at a time and handed out by ``take`` in slices.
-
-    A batch is read whole when the first of its records is taken: if one of its records is
-    corrupt, none of that batch is returned (the library would return those before it). The
-    consumer stops at that batch either way, and here stays stopped: every later take raises
-    the error again, as Java's client does until the caller seeks past the batch (the library's
-    reader returns nothing more, so the fetcher's position stays there too, without a word).
-    """
-
-    def __init__(self, fetch_offset: int, tp: Any, records: Any, key_deserializer: Any = None,
-                 value_deserializer: Any = None, **kwargs: Any) -> None:
-        super().__init__(fetch_offset, tp, records, key_deserializer, value_deserializer, **kwargs)
-        self._fast = key_deserializer is None and value_deserializer is None
-        self._records = records
-        self._prefix = (tp.topic, tp.partition)
-        self._ready: list[Any] = []
-        self._taken = 0
-        self._last_batch: Any = None
-        self._failed: Exception | None = None  # a corrupt batch: raised by every take from then on
-
-    def take(self, n: int | None = None) -> list[Any]:
-        if not self._fast:
-            return super().take(n)  # type: ignore[no-any-return]
-        self._maybe_raise_next_inline_exception()
-        if self._failed is not None:
-            raise self._failed.with_traceback(None)
-        want = sys.maxsize if n is None else n
-        out: list[Any] = []
-        try:
-            while len(out) < want and self.record_iterator is not None:
-                if self._taken >= len(self._ready):
-                    self._read_batch()
-                    continue
-                part = self._ready[self._taken:self._taken + want - len(out)]
-                self._taken += len(part)
-                out.extend(part)
-                self.next_fetch_offset = part[-1].offset + 1
-        except Exception as exc:  # noqa: BLE001 - what the library does: raised on the next take
-            self._failed = exc
-            if not out:
-                raise
-            self._next_inline_exception = exc
-        return out
-
-    def _read_batch(self) -> None:
-        """Read the next batch into ``_ready``; drain when there is none left."""
-        self._ready, self._taken = [], 0
-        batch = self._records.next_batch()
-        if batch is None:
-            # v2 keeps a batch's last offset even when compaction removed its last record: fetch
-            # on from after the batch, or the same batch would be fetched again and again
-            if self._last_batch is not None and self._last_batch.magic == 2:
-                self.next_fetch_offset = self._last_batch.next_offset
-            self.drain()
-            return
-        self._last_batch = batch
-        if self.check_crcs and not batch.validate_crc():
-            raise CorruptRecordError(
-                f"Record batch for partition {self.topic_partition} at offset {batch.base_offset} failed crc check")
-        if batch.magic != 2:  # a v0/v1 message set (brokers convert only for old clients): the library reads it
-            self._ready = self._legacy(batch)
-            return
-        self.leader_epoch = batch.leader_epoch
-        if self._skip(batch):
-            self.next_fetch_offset = batch.next_offset
-            return
-        buf, pos = _batch_body(batch)
-        append_time = batch.max_timestamp if batch.timestamp_type == batch.LOG_APPEND_TIME else None
-        self._ready, size = parse_records(
-            buf, pos, batch._num_records, batch.base_offset, batch.first_timestamp, append_time,
-            ConsumerRecord._make, self._prefix + (batch.leader_epoch,), batch.timestamp_type, self.fetch_offset)
-        self.records_read += batch._num_records  # the library counts those before fetch_offset too
-        self.bytes_read += size
-
-    def _skip(self, batch: DefaultRecordBatch) -> bool:
-        """Whether a v2 batch holds nothing for the caller: a control batch (transaction
-        marker), or under read_committed a batch of a transaction that was aborted."""
-        if self.isolation_level == IsolationLevel.READ_COMMITTED and batch.has_producer_id():
-            # transactions that began before this batch ended: their producers' batches are out
-            # until the abort marker for them comes by
-            while self.aborted_transactions and self.aborted_transactions[0].first_offset <= batch.last_offset:
-                self.aborted_producer_ids.add(self.aborted_transactions.popleft().producer_id)
-            if batch.is_control_batch:
-                marker = next(iter(batch), None)
-                if marker is not None and marker.abort:
-                    self.aborted_producer_ids.discard(batch.producer_id)
-                return True
-            if batch.is_transactional and batch.producer_id in self.aborted_producer_ids:
-                log.debug("skipping aborted batch of %s, producer %d, offsets %d-%d", self.topic_partition,
-                          batch.producer_id, batch.base_offset, batch.last_offset)
-                return True
-        return bool(batch.is_control_batch)
-
-    def _legacy(self, batch: Any) -> list[Any]:
-        out = []
-        for record in batch:
-            if self.check_crcs and not record.validate_crc():
-                raise CorruptRecordError(
-                    f"Record for partition {self.topic_partition} at offset {record.offset} failed crc check")
-            if record.offset < self.fetch_offset:
-                continue
-            self.records_read += 1
-            self.bytes_read += record.size_in_bytes
-            key, value, headers = record.key, record.value, record.headers
-            out.append(ConsumerRecord(
-                *self._prefix, self.leader_epoch, record.offset, record.timestamp, record.timestamp_type,
-                key, value, headers, record.checksum, -1 if key is None else len(key),
-                -1 if value is None else len(value), _header_size(headers) if headers else -1))
-        return out
-
-
 def read_batches_fast(consumer: Any) -> bool:
-    """Have this consumer read fetched batches with :class:`FastPartitionRecords`.
+    """Kept for callers of the old name: :func:`connectors.kafka_compat.read_batches_fast`
+    (the reader that uses this module's parser lives there, with kafka-python's other internals)."""
+    from connectors import kafka_compat
 
-    Returns False (and leaves the consumer as it is) when its internals are not the ones this
-    was written against.
-    """
-    fetcher = getattr(consumer, "_fetcher", None)
-    if fetcher is None or not hasattr(fetcher, "PartitionRecords") or not _BATCH_INTERNALS:
-        return False
-    fetcher.PartitionRecords = FastPartitionRecords
-    return True
+    return kafka_compat.read_batches_fast(consumer)

@@ -187,6 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: object) -> int:
     from daemon.config import Settings
 
+    if args.command != "score":  # the offline scorer never loads kafka-python
+        from connectors.kafka_compat import install_socket_reader
+
+        # the sub-command's Kafka clients read their sockets in large chunks (connectors/kafka_compat.py;
+        # outside the kafka-python range it was verified against, nothing is installed and it says so)
+        install_socket_reader()
+
     assert isinstance(settings, Settings)
     if args.command == "run":
         from daemon.serve import serve

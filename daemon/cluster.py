@@ -34,6 +34,7 @@ from kafka import ConsumerRebalanceListener, TopicPartition
 from kafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
 from kafka.errors import KafkaError
 
+from connectors.kafka_compat import adopt_consumer
 from connectors.kafka_io import KafkaEndpoint, make_consumer, subscribe
 from connectors.mask_message import closed_value_key
 from connectors.stats import StatsPublisher, StatsView, gates_key, policy_key, shard_key
@@ -94,6 +95,7 @@ class Coordinator:
             # sticky: a member joining or leaving does not move the writer partition off a live writer
             partition_assignment_strategy=[StickyPartitionAssignor],
         )
+        adopt_consumer(elector)  # keep metadata rejoins (connectors/kafka_compat.py)
         try:
             subscribe(elector, [s.control_topic], listener=_Elect(self))
             while not self._stop.is_set():

@@ -59,11 +59,11 @@ from connectors.decode_worker import (
     rows_matrix,
 )
 from connectors.join import JoinBuffer
+from connectors.kafka_compat import adopt_consumer, broker_connected, install_socket_reader
 from connectors.kafka_io import (
     ClientPropertyError,
     TopicConfigError,
     TopicSpec,
-    broker_connected,
     connection_cause,
     ensure_topics,
     forget_connection_failures,
@@ -73,7 +73,6 @@ from connectors.kafka_io import (
     wait_for_topics,
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
-from connectors.record_reader import read_batches_fast
 from connectors.state_store import SnapshotError, SnapshotStore, StateWriteError
 from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
 from daemon.baked import GATE_SETTINGS, StateRefused, baked_settings, changed_settings, refusal
@@ -519,6 +518,9 @@ class Daemon:
         unreachable ...) and the wait before the next; the wait doubles up to 30 s, so a
         misconfigured daemon stays not-ready without spinning.
         """
+        # kafka-python's transports read in large chunks for every client of this process from
+        # here on (connectors/kafka_compat.py; nothing is installed outside its supported range)
+        install_socket_reader()
         backoff = 1.0
         while not self._stop:
             left = self._time_left()
@@ -554,8 +556,8 @@ class Daemon:
                     session_timeout_ms=int(self.s.group_session_timeout_s * 1000),
                     heartbeat_interval_ms=min(3000, int(self.s.group_session_timeout_s * 1000) // 3),
                 )
-                if not read_batches_fast(self.consumer):
-                    log.warning("this kafka-python's internals are not the ones connectors/record_reader.py "
+                if not adopt_consumer(self.consumer, fast_reader=True):
+                    log.warning("this kafka-python's internals are not the ones connectors/kafka_compat.py "
                                 "was written against: fetched batches are read by the library's own reader")
                 try:
                     # join the group knowing the input partitions: a consumer that joins before

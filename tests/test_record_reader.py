@@ -1,4 +1,5 @@
-"""connectors/record_reader.py reads fetched batches as kafka-python's own reader does.
+"""connectors/kafka_compat.py's FastPartitionRecords (with connectors/record_reader.py's parser)
+reads fetched batches as kafka-python's own reader does.
 
 Each case builds record batches with the library's builders (and, for what only brokers
 write, by editing their bytes), reads them with the library's ``PartitionRecords`` and with
@@ -23,7 +24,8 @@ from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.record.util import calc_crc32c
 from kafka.structs import TopicPartition
 
-from connectors.record_reader import FastPartitionRecords, parse_records, read_batches_fast
+from connectors.kafka_compat import FastPartitionRecords, read_batches_fast
+from connectors.record_reader import parse_records
 
 TP = TopicPartition("events", 3)
 GZIP = 1

@@ -89,7 +89,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "the truth was compared with itself",
     ),
     Mutant(
-        "record-bytes-miscounted", "connectors/record_reader.py",
+        "record-bytes-miscounted", "connectors/kafka_compat.py",
         "self.bytes_read += size\n", "self.bytes_read += size + 1\n",
         "tests/test_record_reader.py::test_plain_batches_give_the_same_records_offsets_and_counts",
         "assert (fast.records_read, fast.bytes_read) == (slow.records_read, slow.bytes_read) ==",
