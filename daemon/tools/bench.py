@@ -358,7 +358,10 @@ def bench_command(args: argparse.Namespace, settings: Settings) -> int:
 def _run_isolated(out_path: str) -> int:  # pragma: no cover - runs in the child of isolated()
     import pickle
 
+    from connectors.kafka_compat import install_socket_reader
+
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    install_socket_reader()  # as every featsieve command does: the ceiling reads as the daemon does
     name, args, kwargs = pickle.loads(sys.stdin.buffer.read())
     result = _PASSES[name](*args, **kwargs)
     own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
