@@ -120,8 +120,10 @@ def test_kafka_python_is_unpatched_after_import_and_use(client_venv: Path, tmp_p
 
 
 def test_the_check_sees_the_daemons_patch(tmp_path: Path) -> None:
-    # the same check, with the daemon's Kafka layer imported too, must fail: it can see a patch
-    code = UNPATCHED.replace("{after_import}", "import connectors.kafka_io")
+    # the same check, with the daemon's adaptations of kafka-python installed, must fail: it can see
+    # a patch (importing them alone patches nothing: tests/test_kafka_compat.py)
+    code = UNPATCHED.replace("{after_import}", "import connectors.kafka_compat\n"
+                                               "assert connectors.kafka_compat.install_socket_reader()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode != 0 and "_sock_recv" in out.stderr, out.stdout + out.stderr[-2000:]
 
