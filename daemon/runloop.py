@@ -59,7 +59,12 @@ from connectors.decode_worker import (
     rows_matrix,
 )
 from connectors.join import JoinBuffer
-from connectors.kafka_compat import adopt_consumer, broker_connected, install_socket_reader
+from connectors.kafka_compat import (
+    adopt_consumer,
+    broker_connected,
+    check_version,
+    install_socket_reader,
+)
 from connectors.kafka_io import (
     ClientPropertyError,
     TopicConfigError,
@@ -556,7 +561,8 @@ class Daemon:
                     session_timeout_ms=int(self.s.group_session_timeout_s * 1000),
                     heartbeat_interval_ms=min(3000, int(self.s.group_session_timeout_s * 1000) // 3),
                 )
-                if not adopt_consumer(self.consumer, fast_reader=True):
+                # outside kafka_compat's range it has said so once already: no second warning here
+                if not adopt_consumer(self.consumer, fast_reader=True) and check_version():
                     log.warning("this kafka-python's internals are not the ones connectors/kafka_compat.py "
                                 "was written against: fetched batches are read by the library's own reader")
                 try:

@@ -3,7 +3,8 @@
 kafka-python 3.0 forgets that metadata asked for a rejoin once the leader has assigned from
 the new metadata; if the JoinGroup is answered between polls (the daemon polls with timeout 0
 while a batch is in the decoder) the member is stuck "rebalancing" and never fetches again.
-:func:`connectors.kafka_io.make_consumer` records the request as Java's client does.
+:func:`connectors.kafka_compat.adopt_consumer` (what the daemon installs on its group consumers)
+records the request as Java's client does; without it this test fails.
 
 And a consumer that subscribes with :func:`connectors.kafka_io.subscribe` is assigned once at
 start, not twice (the second rebalance threw away the first batches of every run).
@@ -17,6 +18,7 @@ import pytest
 from kafka import ConsumerRebalanceListener, KafkaAdminClient
 from kafka.admin import NewPartitions, NewTopic
 
+from connectors.kafka_compat import adopt_consumer
 from connectors.kafka_io import KafkaEndpoint, make_consumer, subscribe, wait_for_topics
 
 pytestmark = pytest.mark.broker
@@ -26,6 +28,7 @@ def test_new_partitions_are_assigned_when_the_join_is_answered_between_polls(boo
     topic = f"{unique}.grow"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = make_consumer(KafkaEndpoint(bootstrap=(bootstrap,)), group_id=unique, metadata_max_age_ms=300)
+    assert adopt_consumer(consumer)
     try:
         admin.create_topics([NewTopic(topic, 2, 1)])
         consumer.subscribe([topic])

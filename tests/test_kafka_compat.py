@@ -182,3 +182,38 @@ def test_a_daemon_consumer_in_and_out_of_the_range(bootstrap: str, fake_version:
         read_all(plain)
     finally:
         plain.close()
+
+
+_DAEMON_ON_ANOTHER_KAFKA_PYTHON = (
+    "import sys\n"
+    "from connectors import kafka_compat\n"
+    "kafka_compat.installed_version = lambda: '3.1.0'  # a kafka-python outside the supported range\n"
+    "from daemon.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_the_daemon_runs_on_the_librarys_own_paths_outside_the_range(bootstrap: str, unique: str,
+                                                                       tmp_path: Path) -> None:
+    """A whole daemon run (join, MI, a published mask) with nothing of kafka_compat installed."""
+    from tests.conftest import featsieve, kcat_read
+
+    topics = f"{unique}.impressions,{unique}.clicks"
+    featsieve("generate", "--bootstrap", bootstrap, "--preset", "small", "--impressions", "20000",
+              "--input-topics", topics, "--seed", "5")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "client")])}
+    run = subprocess.run(
+        [sys.executable, "-c", _DAEMON_ON_ANOTHER_KAFKA_PYTHON, "run", "--bootstrap", bootstrap,
+         "--input-topics", topics, "--group-id", unique, "--model-id", unique, "--mask-topic", f"{unique}.masks",
+         "--dlq-topic", f"{unique}.dlq", "--state-dir", str(tmp_path / "state"), "--metrics-port", "0",
+         "--exit-at-end", "--gates", "false"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stderr.count("kafka-python 3.1.0 is outside the range") == 1, run.stderr[-3000:]
+    assert ">=3.0.12,<3.1" in run.stderr
+    assert "internals are not the ones" not in run.stderr  # one warning, not one per touch
+    assert "mask published" in run.stderr
+    masks = [line for line in kcat_read(bootstrap, f"{unique}.masks") if line.startswith(unique + "\t")]
+    assert masks, "no mask on the mask topic"
