@@ -161,10 +161,3 @@ def serialized_header_size(headers: list[Any]) -> int:
     """What kafka-python reports as a record's serialized header size."""
     return sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
 
-
-def read_batches_fast(consumer: Any) -> bool:
-    """Kept for callers of the old name: :func:`connectors.kafka_compat.read_batches_fast`
-    (the reader that uses this module's parser lives there, with kafka-python's other internals)."""
-    from connectors import kafka_compat
-
-    return kafka_compat.read_batches_fast(consumer)

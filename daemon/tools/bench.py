@@ -54,7 +54,7 @@ def ceiling(settings: Settings, topics: tuple[str, str], expected: int,
 
 def _ceiling(settings: Settings, topics: tuple[str, str], expected: int, make_consumer: Any,
              endpoint_from: Any, fast_reader: bool) -> dict[str, float]:
-    from connectors.record_reader import read_batches_fast
+    from connectors.kafka_compat import read_batches_fast
 
     consumer = make_consumer(
         endpoint_from(settings),
