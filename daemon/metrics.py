@@ -39,7 +39,7 @@ KNOWN_LABELS: Mapping[str, tuple[tuple[str, ...], ...]] = {
     "examples": (("positive",), ("negative",)),
     "dead_letters": tuple((r,) for r in sorted(REASONS | {REJECT_REASON})),
     "mask_publishes": (("change",), ("heartbeat",)),
-    "rebalances": (("assigned",), ("revoked",)),
+    "rebalances": (("assigned",), ("revoked",), ("lost",)),
     "field_columns": (("admitted",), ("reclaimed",)),
     # the class name of any KafkaError is a label value too; these two are what the brokers going
     # away gives (the connection watch; a connect attempt that times out), which the Kafka-errors
@@ -90,7 +90,7 @@ class DaemonMetrics:
         self.gate_sampling_rate = Gauge("featsieve_gate_sampling_rate", "Share of examples sent to gate training", registry=r)
         self.online_auc = Gauge("featsieve_online_auc", "Prequential ROC AUC", ["model"], registry=r)
         self.online_logloss = Gauge("featsieve_online_logloss", "Prequential log loss", ["model"], registry=r)
-        self.rebalances = Counter("featsieve_rebalances", "Partition assignments and revocations", ["kind"], registry=r)
+        self.rebalances = Counter("featsieve_rebalances", "Partition assignments, revocations and losses", ["kind"], registry=r)
         self.decode_worker_failures = Counter(
             "featsieve_decode_worker_failures", "Times the decode worker process failed (decoding then runs in the poll loop)", registry=r
         )

@@ -132,6 +132,11 @@ class _Rebalance(ConsumerRebalanceListener):
         with self.daemon.state_lock:
             self.daemon.on_assigned(list(assigned))
 
+    def on_partitions_lost(self, lost: list[TopicPartition]) -> None:
+        # KIP-429: the member was evicted; the partitions may already have another owner
+        with self.daemon.state_lock:
+            self.daemon.on_lost(list(lost))
+
 
 class Daemon:
     """One featsieve instance. ``run()`` returns the process exit code."""
@@ -380,6 +385,27 @@ class Daemon:
                 if tp.partition not in kept:
                     self.shards.pop(tp.partition, None)
         log.info("partitions revoked: %s", _tp_list(revoked))
+        self._note_event_time()
+
+    def on_lost(self, lost: list[TopicPartition]) -> None:
+        """Partitions taken from an evicted member (session expired, fenced): unlike a revocation
+        nothing is checkpointed, committed or published for them, since another instance may own
+        them already. In group mode their shards are dropped, and the next owner resumes from the
+        last states on the stats topic, which are consistent with their offsets: nothing is lost
+        or counted twice."""
+        self._rebalance_count += 1
+        self.metrics.rebalances.labels("lost").inc()
+        self._settle_in_flight(drop=set(lost))
+        self.assigned -= set(lost)
+        if self.group_mode:
+            # the next owner resumes these shards from the last states on the stats topic
+            kept = {tp.partition for tp in self.assigned}
+            for tp in lost:
+                if tp.partition not in kept:
+                    self.shards.pop(tp.partition, None)
+        # a single instance keeps its shards: no other instance reads them, and its state is
+        # consistent with its own offsets, which the rejoin's assignment seeks to
+        log.warning("partitions lost (this member was evicted from the group): %s", _tp_list(lost))
         self._note_event_time()
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:

@@ -46,7 +46,8 @@ def test_labelled_counters_start_at_zero_for_every_known_value() -> None:
         assert samples[("featsieve_events_total", (("outcome", outcome), ("type", "click")))] == 0.0
     assert samples[("featsieve_events_total", (("outcome", "dead_letter"), ("type", "any")))] == 0.0
     for label, name in (("positive", "examples"), ("negative", "examples"), ("change", "mask_publishes"),
-                        ("heartbeat", "mask_publishes"), ("assigned", "rebalances"), ("revoked", "rebalances")):
+                        ("heartbeat", "mask_publishes"), ("assigned", "rebalances"), ("revoked", "rebalances"),
+                        ("lost", "rebalances")):
         key = {"examples": "label", "mask_publishes": "trigger", "rebalances": "kind"}[name]
         assert samples[(f"featsieve_{name}_total", ((key, label),))] == 0.0
     for error in ("Disconnected", "KafkaTimeoutError"):

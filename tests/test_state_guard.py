@@ -140,3 +140,20 @@ def test_changed_gate_settings_start_the_gate_model_afresh(tmp_path: Path) -> No
     assert restart(tmp_path)._restored_gates == {"format": 2}
     assert restart(tmp_path, gate_window=5000)._restored_gates is None
     assert restart(tmp_path, seed=3)._restored_gates is None
+
+
+def test_lost_partitions_are_not_checkpointed_and_a_group_member_drops_their_shards(tmp_path: Path) -> None:
+    """KIP-429: an evicted member's partitions may have another owner already: unlike a revocation,
+    nothing is written or committed for them."""
+    from kafka import TopicPartition
+
+    for coordination, shard_kept in (("single", True), ("group", False)):
+        state = tmp_path / coordination
+        d = daemon_with_state(state, coordination=coordination)
+        tp = TopicPartition("ad.impressions", 0)
+        d.assigned = {tp}
+        before = sorted(p.name for p in state.iterdir())
+        d.on_lost([tp])
+        assert sorted(p.name for p in state.iterdir()) == before  # no snapshot written
+        assert d.assigned == set() and (0 in d.shards) is shard_kept, coordination
+        assert d.metrics.rebalances.labels("lost")._value.get() == 1
