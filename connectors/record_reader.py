@@ -16,6 +16,7 @@ downstream changes. tests/test_record_reader.py compares both readers record by 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from kafka.consumer.fetcher import ConsumerRecord, Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.protocol.consumer import IsolationLevel
 from kafka.record.default_records import DefaultRecordBatch
+
+from models.sampling import threshold
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_timestamp: int,
                   append_time: int | None, make: Callable[[tuple[Any, ...]], Any], prefix: tuple[Any, ...],
-                  timestamp_type: int, from_offset: int = 0) -> tuple[list[Any], int]:
+                  timestamp_type: int, from_offset: int = 0, below: bytes | None = None,
+                  ) -> tuple[list[Any], int, int]:
     """The records of an uncompressed v2 batch body of ``count`` records from ``pos``.
 
     Each record with an offset from ``from_offset`` on becomes ``make((topic, partition,
@@ -61,7 +65,11 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
     size, header size))``, the fields of kafka-python's ConsumerRecord (``prefix`` holds the
     first three). ``append_time`` is the batch's max timestamp
     when the broker stamped it (LogAppendTime), else None. Returns the records and the sum of
-    all ``count`` records' lengths (what kafka-python counts as bytes read). Raises
+    all ``count`` records' lengths (what kafka-python counts as bytes read) and how many
+    records the sample left out. With ``below`` (:func:`models.sampling.threshold`), a keyed
+    record whose key's sampling digest is not under it is left out before anything but its
+    framing is read; when the batch's last record is left out, a :data:`SKIPPED` marker with
+    its offset ends the list, so that the reader's position moves past it. Raises
     CorruptRecordError when a record's fields do not add up to its length or bytes are left
     over.
 
@@ -69,11 +77,15 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
     call per varint was most of the cost.
     """
     varint = _varint
+    blake2b = hashlib.blake2b
     topic, partition, epoch = prefix
     end = len(buf)
     out: list[Any] = []
     append = out.append
     size = 0
+    skipped = 0
+    skipped_last = False
+    last_skipped = (0, 0)
     for _ in range(count):
         at = pos
         b = buf[pos]
@@ -110,6 +122,15 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
                 pos += key_size
             else:
                 key = None
+        if below is not None and key is not None and blake2b(key, digest_size=8).digest() >= below:
+            # out of the sample: step over the value and headers unread (the length says where it ends)
+            pos = stop
+            offset = base_offset + offset_delta
+            if offset >= from_offset:
+                skipped += 1
+                skipped_last = True
+                last_skipped = (offset, first_timestamp + ts_delta if append_time is None else append_time)
+            continue
         b = buf[pos]
         if b < 0x80:
             value_size = (b >> 1) ^ -(b & 1)
@@ -136,12 +157,46 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
             raise CorruptRecordError(f"record at byte {at}: fields took {pos - at} bytes, its length says {length}")
         offset = base_offset + offset_delta
         if offset >= from_offset:
+            skipped_last = False
             append(make((topic, partition, epoch, offset,
                          first_timestamp + ts_delta if append_time is None else append_time,
                          timestamp_type, key, value, headers, None, key_size, value_size, header_size)))
     if pos != end:
         raise CorruptRecordError(f"{end - pos} unconsumed bytes after all records consumed")
-    return out, size
+    if skipped_last:
+        offset, ts = last_skipped
+        append(make((topic, partition, epoch, offset, ts, timestamp_type, None, SKIPPED, [], None, -1, 0, -1)))
+    return out, size, skipped
+
+
+class _Skipped(bytes):
+    """The type of :data:`SKIPPED`: a value no record has (compared by identity)."""
+
+
+# the value of the marker record that ends a batch whose last records the sample left out; the
+# daemon drops markers before decoding and records the marker's offset as read (is_marker)
+SKIPPED = _Skipped(b"")
+
+
+def is_marker(record: Any) -> bool:
+    """Whether ``record`` is a sampling marker, not a record of the topic."""
+    return record.value is SKIPPED
+
+
+class KeySample:
+    """The sample the reader keeps: records whose key's digest is under ``rate``'s threshold
+    (docs/events.md, "Sampling"). Shared by the loop (which may change the rate) and the reader."""
+
+    def __init__(self, rate: float = 1.0) -> None:
+        self.below: bytes | None = None
+        self.rate = 1.0
+        self.skipped = 0  # records left out so far (read by the loop for its counter)
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float) -> None:
+        """Sample at ``rate`` in (0, 1] from the next batch read on."""
+        self.below = None if rate >= 1 else threshold(rate)
+        self.rate = min(rate, 1.0)
 
 
 def _headers(buf: bytes, pos: int) -> tuple[list[Any], int]:
@@ -188,6 +243,8 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
     the error again, as Java's client does until the caller seeks past the batch (the library's
     reader returns nothing more, so the fetcher's position stays there too, without a word).
     """
+
+    sample: KeySample | None = None  # set on the subclass read_batches_fast makes for one consumer
 
     def __init__(self, fetch_offset: int, tp: Any, records: Any, key_deserializer: Any = None,
                  value_deserializer: Any = None, **kwargs: Any) -> None:
@@ -248,9 +305,14 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
             return
         buf, pos = _batch_body(batch)
         append_time = batch.max_timestamp if batch.timestamp_type == batch.LOG_APPEND_TIME else None
-        self._ready, size = parse_records(
+        sample = self.sample
+        self._ready, size, skipped = parse_records(
             buf, pos, batch._num_records, batch.base_offset, batch.first_timestamp, append_time,
-            ConsumerRecord._make, self._prefix + (batch.leader_epoch,), batch.timestamp_type, self.fetch_offset)
+            ConsumerRecord._make, self._prefix + (batch.leader_epoch,), batch.timestamp_type, self.fetch_offset,
+            None if sample is None else sample.below)
+        if skipped:
+            assert sample is not None
+            sample.skipped += skipped
         self.records_read += batch._num_records  # the library counts those before fetch_offset too
         self.bytes_read += size
 
@@ -284,6 +346,12 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
             self.records_read += 1
             self.bytes_read += record.size_in_bytes
             key, value, headers = record.key, record.value, record.headers
+            if self.sample is not None and self.sample.below is not None and key is not None \
+                    and hashlib.blake2b(key, digest_size=8).digest() >= self.sample.below:
+                self.sample.skipped += 1
+                out.append(ConsumerRecord(*self._prefix, self.leader_epoch, record.offset, record.timestamp,
+                                          record.timestamp_type, None, SKIPPED, [], None, -1, 0, -1))
+                continue
             out.append(ConsumerRecord(
                 *self._prefix, self.leader_epoch, record.offset, record.timestamp, record.timestamp_type,
                 key, value, headers, record.checksum, -1 if key is None else len(key),
@@ -291,8 +359,10 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
         return out
 
 
-def read_batches_fast(consumer: Any) -> bool:
-    """Have this consumer read fetched batches with :class:`FastPartitionRecords`.
+def read_batches_fast(consumer: Any, sample: KeySample | None = None) -> bool:
+    """Have this consumer read fetched batches with :class:`FastPartitionRecords`, keeping only
+    the records in ``sample`` (all when None) and ending a batch whose last records it left out
+    with a marker (:func:`is_marker`).
 
     Returns False (and leaves the consumer as it is) when its internals are not the ones this
     was written against.
@@ -300,5 +370,5 @@ def read_batches_fast(consumer: Any) -> bool:
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is None or not hasattr(fetcher, "PartitionRecords") or not _BATCH_INTERNALS:
         return False
-    fetcher.PartitionRecords = FastPartitionRecords
+    fetcher.PartitionRecords = type("SampledPartitionRecords", (FastPartitionRecords,), {"sample": sample})
     return True
