@@ -68,8 +68,10 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
     all ``count`` records' lengths (what kafka-python counts as bytes read) and how many
     records the sample left out. With ``below`` (:func:`models.sampling.threshold`), a keyed
     record whose key's sampling digest is not under it is left out before anything but its
-    framing is read; when the batch's last record is left out, a :data:`SKIPPED` marker with
-    its offset ends the list, so that the reader's position moves past it. Raises
+    framing is read. Each run of records left out becomes one marker record (:func:`is_marker`)
+    where the run ends: the offset of its last record, and its length as the marker's
+    ``serialized_value_size``. So the reader's position moves past a run that ends a batch,
+    and whoever applies the records counts exactly the runs of what it applies. Raises
     CorruptRecordError when a record's fields do not add up to its length or bytes are left
     over.
 
@@ -84,8 +86,8 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
     append = out.append
     size = 0
     skipped = 0
-    skipped_last = False
-    last_skipped = (0, 0)
+    run = 0  # records left out since the last one kept (or the batch's start)
+    run_end = (0, 0)  # offset and timestamp of the last of them
     for _ in range(count):
         at = pos
         b = buf[pos]
@@ -128,8 +130,8 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
             offset = base_offset + offset_delta
             if offset >= from_offset:
                 skipped += 1
-                skipped_last = True
-                last_skipped = (offset, first_timestamp + ts_delta if append_time is None else append_time)
+                run += 1
+                run_end = (offset, first_timestamp + ts_delta if append_time is None else append_time)
             continue
         b = buf[pos]
         if b < 0x80:
@@ -157,15 +159,18 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
             raise CorruptRecordError(f"record at byte {at}: fields took {pos - at} bytes, its length says {length}")
         offset = base_offset + offset_delta
         if offset >= from_offset:
-            skipped_last = False
+            if run:
+                append(make((topic, partition, epoch, run_end[0], run_end[1], timestamp_type, None, SKIPPED, [],
+                             None, -1, run, -1)))
+                run = 0
             append(make((topic, partition, epoch, offset,
                          first_timestamp + ts_delta if append_time is None else append_time,
                          timestamp_type, key, value, headers, None, key_size, value_size, header_size)))
     if pos != end:
         raise CorruptRecordError(f"{end - pos} unconsumed bytes after all records consumed")
-    if skipped_last:
-        offset, ts = last_skipped
-        append(make((topic, partition, epoch, offset, ts, timestamp_type, None, SKIPPED, [], None, -1, 0, -1)))
+    if run:
+        append(make((topic, partition, epoch, run_end[0], run_end[1], timestamp_type, None, SKIPPED, [], None, -1,
+                     run, -1)))
     return out, size, skipped
 
 
@@ -173,8 +178,8 @@ class _Skipped(bytes):
     """The type of :data:`SKIPPED`: a value no record has (compared by identity)."""
 
 
-# the value of the marker record that ends a batch whose last records the sample left out; the
-# daemon drops markers before decoding and records the marker's offset as read (is_marker)
+# the value of a marker record: it stands for a run of records the sample left out (their number is
+# its serialized_value_size); the daemon drops markers before decoding, counting what they stand for
 SKIPPED = _Skipped(b"")
 
 
@@ -190,7 +195,7 @@ class KeySample:
     def __init__(self, rate: float = 1.0) -> None:
         self.below: bytes | None = None
         self.rate = 1.0
-        self.skipped = 0  # records left out so far (read by the loop for its counter)
+        self.skipped = 0  # records the reader left out so far (a batch read twice counts twice)
         self.set_rate(rate)
 
     def set_rate(self, rate: float) -> None:
@@ -350,7 +355,7 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
                     and hashlib.blake2b(key, digest_size=8).digest() >= self.sample.below:
                 self.sample.skipped += 1
                 out.append(ConsumerRecord(*self._prefix, self.leader_epoch, record.offset, record.timestamp,
-                                          record.timestamp_type, None, SKIPPED, [], None, -1, 0, -1))
+                                          record.timestamp_type, None, SKIPPED, [], None, -1, 1, -1))
                 continue
             out.append(ConsumerRecord(
                 *self._prefix, self.leader_epoch, record.offset, record.timestamp, record.timestamp_type,
