@@ -915,7 +915,9 @@ class Daemon:
                         self._apply_in_flight()
                         self._advance(tp, records)
                         continue
-                if budget is not None:
+                    if budget is not None:
+                        budget -= len(records)  # cut to the budget already, with its runs left out
+                elif budget is not None:
                     # the rest is not applied and its offsets not recorded: a later run reads it
                     records = records[: max(budget, 0)]
                     budget -= len(records)
