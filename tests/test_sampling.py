@@ -409,3 +409,62 @@ def test_a_restart_neither_reads_nor_counts_a_left_out_record_again(bootstrap: s
     assert whole["events"] + whole["sampled_out"] == n_records
     for key in ("positives", "negatives", "orphan_clicks"):  # the joins' counters are checkpointed
         assert second[key] == whole[key], key
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_auto_lowers_the_rate_while_lag_grows_and_raises_it_when_lag_is_gone(bootstrap: str, unique: str,
+                                                                              tmp_path: Any) -> None:
+    """A producer writes faster than a daemon reading one record per poll can read: the lag
+    grows and auto lowers the rate (gauge and log); once the producer stops and the lag is gone,
+    auto raises it again."""
+    import threading
+    import time
+
+    from kafka import KafkaProducer
+
+    topic = f"{unique}.events"
+    stop = threading.Event()
+
+    def produce() -> None:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        i = 0
+        try:
+            while not stop.is_set():
+                now = int(time.time() * 1000)
+                for _ in range(500):
+                    ident = f"{unique}-{i}".encode()
+                    producer.send(topic, key=ident, value=b'{"type":"impression","id":"%s","ts":%d,'
+                                  b'"features":{"a":%d}}' % (ident, now, i % 5))
+                    if i % 10 == 0:
+                        producer.send(topic, key=ident, value=b'{"type":"click","id":"%s","ts":%d}' % (ident, now))
+                    i += 1
+                producer.flush()
+        finally:
+            producer.close()
+
+    port = free_port()
+    daemon = subprocess.Popen(
+        [str(BIN / "featsieve"), "run", "--bootstrap", bootstrap, "--input-topics", topic, "--group-id", unique,
+         "--model-id", unique, "--mask-topic", f"{unique}.masks", "--dlq-topic", f"{unique}.dlq",
+         "--state-dir", str(tmp_path / "state"), "--metrics-port", str(port), "--no-gates",
+         "--sample-rate", "auto", "--sample-rate-min", "0.05", "--ready-max-lag", "2000", "--max-poll-records", "1",
+         "--decode-process", "false"],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    writer = threading.Thread(target=produce, daemon=True)
+    try:
+        writer.start()
+
+        def rate() -> float:
+            samples = metric_samples(scrape(port) or "", "featsieve_sample_rate")
+            return samples.get((), 1.0)
+
+        lowest = wait_until(lambda: rate() < 1.0 and rate(), 240, "auto lowering the sample rate under growing lag")
+        stop.set()
+        writer.join(timeout=60)
+        wait_until(lambda: rate() > lowest, 300, "auto raising the sample rate once the lag is gone", interval=1.0)
+    finally:
+        stop.set()
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=120)
+    assert "sample_rate auto: lag" in err, err[-3000:]
