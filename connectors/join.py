@@ -75,6 +75,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Container, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any, NamedTuple
 
@@ -193,6 +194,11 @@ class JoinBuffer:
         self._source_count: dict[Source, int] = {s: 0 for s in sources}
         self._watermark: int | None = None
         self._c = dict.fromkeys(_COUNTERS, 0)
+        # key-hash sampling while its rate is being lowered (docs/events.md, "Sampling"): an impression
+        # whose id's sampling digest (models.sampling) is not under this is left out; clicks are not
+        # (their reader still reads at the higher rate, so those of impressions kept before still join)
+        self.impression_below: bytes | None = None
+        self.sampled_out_impressions = 0  # left out that way (not checkpointed: a process counter)
 
     # ------------------------------------------------------------- sources
     def add_source(self, source: Source) -> None:
@@ -337,6 +343,10 @@ class JoinBuffer:
                 accepted(i, ev)
             kind = type(ev)
             if kind is Impression:
+                below = self.impression_below
+                if below is not None and blake2b(ev.id.encode("utf-8", "surrogatepass"), digest_size=8).digest() >= below:  # type: ignore[union-attr]
+                    self.sampled_out_impressions += 1
+                    continue
                 self._impression(ev, out)  # type: ignore[arg-type]
             elif kind is Click:
                 self._click(ev, out, wm)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ runs on the library as shipped.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import ssl
@@ -39,7 +40,7 @@ from kafka.errors import CorruptRecordError, KafkaConnectionError
 from kafka.protocol.consumer import IsolationLevel
 from kafka.record.default_records import DefaultRecordBatch
 
-from connectors.record_reader import parse_records, serialized_header_size
+from connectors.record_reader import SKIPPED, KeySample, parse_records, serialized_header_size
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,12 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
     consumer stops at that batch either way, and here stays stopped: every later take raises
     the error again, as Java's client does until the caller seeks past the batch (the library's
     reader returns nothing more, so the fetcher's position stays there too, without a word).
+
+    With a ``sample`` (connectors.record_reader.KeySample) the records whose key is out of it
+    are left out unread, each run of them handed out as one marker record.
     """
+
+    sample: KeySample | None = None  # set on the subclass read_batches_fast makes for one consumer
 
     def __init__(self, fetch_offset: int, tp: Any, records: Any, key_deserializer: Any = None,
                  value_deserializer: Any = None, **kwargs: Any) -> None:
@@ -299,9 +305,14 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
             return
         buf, pos = _batch_body(batch)
         append_time = batch.max_timestamp if batch.timestamp_type == batch.LOG_APPEND_TIME else None
-        self._ready, size = parse_records(
+        sample = self.sample
+        self._ready, size, skipped = parse_records(
             buf, pos, batch._num_records, batch.base_offset, batch.first_timestamp, append_time,
-            ConsumerRecord._make, self._prefix + (batch.leader_epoch,), batch.timestamp_type, self.fetch_offset)
+            ConsumerRecord._make, self._prefix + (batch.leader_epoch,), batch.timestamp_type, self.fetch_offset,
+            None if sample is None else sample.below)
+        if skipped:
+            assert sample is not None
+            sample.skipped += skipped
         self.records_read += batch._num_records  # the library counts those before fetch_offset too
         self.bytes_read += size
 
@@ -335,6 +346,12 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
             self.records_read += 1
             self.bytes_read += record.size_in_bytes
             key, value, headers = record.key, record.value, record.headers
+            if self.sample is not None and self.sample.below is not None and key is not None \
+                    and hashlib.blake2b(key, digest_size=8).digest() >= self.sample.below:
+                self.sample.skipped += 1
+                out.append(ConsumerRecord(*self._prefix, self.leader_epoch, record.offset, record.timestamp,
+                                          record.timestamp_type, None, SKIPPED, [], None, -1, 1, -1))
+                continue
             out.append(ConsumerRecord(
                 *self._prefix, self.leader_epoch, record.offset, record.timestamp, record.timestamp_type,
                 key, value, headers, record.checksum, -1 if key is None else len(key),
@@ -342,8 +359,10 @@ class FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
         return out
 
 
-def read_batches_fast(consumer: Any) -> bool:
-    """Have this consumer read fetched batches with :class:`FastPartitionRecords`.
+def read_batches_fast(consumer: Any, sample: KeySample | None = None) -> bool:
+    """Have this consumer read fetched batches with :class:`FastPartitionRecords`, keeping only
+    the records in ``sample`` (all when None) and ending a run of records it left out with a
+    marker (connectors.record_reader.is_marker).
 
     Changes: this consumer's ``_fetcher.PartitionRecords`` (an instance attribute shadowing the
     library's class). Why: kafka-python 3.0 turns a fetched v2 batch into records one record at
@@ -358,17 +377,18 @@ def read_batches_fast(consumer: Any) -> bool:
     fetcher = getattr(consumer, "_fetcher", None)
     if fetcher is None or not hasattr(fetcher, "PartitionRecords") or not _BATCH_INTERNALS:
         return False
-    fetcher.PartitionRecords = FastPartitionRecords
+    fetcher.PartitionRecords = type("SampledPartitionRecords", (FastPartitionRecords,), {"sample": sample})
     return True
 
 
-def adopt_consumer(consumer: Any, *, fast_reader: bool = False) -> bool:
+def adopt_consumer(consumer: Any, *, fast_reader: bool = False, sample: KeySample | None = None) -> bool:
     """Install this module's per-consumer touches on one of the daemon's consumers: the kept
-    metadata rejoins, and with ``fast_reader`` the fast batch reader. Returns whether every
-    touch asked for is installed (False outside :data:`SUPPORTED`: nothing is)."""
+    metadata rejoins, and with ``fast_reader`` the fast batch reader (keeping ``sample``'s
+    records only). Returns whether every touch asked for is installed (False outside
+    :data:`SUPPORTED`: nothing is)."""
     ok = keep_metadata_rejoins(consumer)
     if fast_reader:
-        ok = read_batches_fast(consumer) and ok
+        ok = read_batches_fast(consumer, sample) and ok
     return ok
 
 

@@ -19,10 +19,13 @@ so nothing downstream changes. tests/test_record_reader.py compares both readers
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 from kafka.errors import CorruptRecordError
+
+from models.sampling import threshold
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -45,7 +48,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_timestamp: int,
                   append_time: int | None, make: Callable[[tuple[Any, ...]], Any], prefix: tuple[Any, ...],
-                  timestamp_type: int, from_offset: int = 0) -> tuple[list[Any], int]:
+                  timestamp_type: int, from_offset: int = 0, below: bytes | None = None,
+                  ) -> tuple[list[Any], int, int]:
     """The records of an uncompressed v2 batch body of ``count`` records from ``pos``.
 
     Each record with an offset from ``from_offset`` on becomes ``make((topic, partition,
@@ -53,7 +57,13 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
     size, header size))``, the fields of kafka-python's ConsumerRecord (``prefix`` holds the
     first three). ``append_time`` is the batch's max timestamp
     when the broker stamped it (LogAppendTime), else None. Returns the records and the sum of
-    all ``count`` records' lengths (what kafka-python counts as bytes read). Raises
+    all ``count`` records' lengths (what kafka-python counts as bytes read) and how many
+    records the sample left out. With ``below`` (:func:`models.sampling.threshold`), a keyed
+    record whose key's sampling digest is not under it is left out before anything but its
+    framing is read. Each run of records left out becomes one marker record (:func:`is_marker`)
+    where the run ends: the offset of its last record, and its length as the marker's
+    ``serialized_value_size``. So the reader's position moves past a run that ends a batch,
+    and whoever applies the records counts exactly the runs of what it applies. Raises
     CorruptRecordError when a record's fields do not add up to its length or bytes are left
     over.
 
@@ -61,11 +71,15 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
     call per varint was most of the cost.
     """
     varint = _varint
+    blake2b = hashlib.blake2b
     topic, partition, epoch = prefix
     end = len(buf)
     out: list[Any] = []
     append = out.append
     size = 0
+    skipped = 0
+    run = 0  # records left out since the last one kept (or the batch's start)
+    run_end = (0, 0)  # offset and timestamp of the last of them
     for _ in range(count):
         at = pos
         b = buf[pos]
@@ -102,6 +116,15 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
                 pos += key_size
             else:
                 key = None
+        if below is not None and key is not None and blake2b(key, digest_size=8).digest() >= below:
+            # out of the sample: step over the value and headers unread (the length says where it ends)
+            pos = stop
+            offset = base_offset + offset_delta
+            if offset >= from_offset:
+                skipped += 1
+                run += 1
+                run_end = (offset, first_timestamp + ts_delta if append_time is None else append_time)
+            continue
         b = buf[pos]
         if b < 0x80:
             value_size = (b >> 1) ^ -(b & 1)
@@ -128,12 +151,49 @@ def parse_records(buf: bytes, pos: int, count: int, base_offset: int, first_time
             raise CorruptRecordError(f"record at byte {at}: fields took {pos - at} bytes, its length says {length}")
         offset = base_offset + offset_delta
         if offset >= from_offset:
+            if run:
+                append(make((topic, partition, epoch, run_end[0], run_end[1], timestamp_type, None, SKIPPED, [],
+                             None, -1, run, -1)))
+                run = 0
             append(make((topic, partition, epoch, offset,
                          first_timestamp + ts_delta if append_time is None else append_time,
                          timestamp_type, key, value, headers, None, key_size, value_size, header_size)))
     if pos != end:
         raise CorruptRecordError(f"{end - pos} unconsumed bytes after all records consumed")
-    return out, size
+    if run:
+        append(make((topic, partition, epoch, run_end[0], run_end[1], timestamp_type, None, SKIPPED, [], None, -1,
+                     run, -1)))
+    return out, size, skipped
+
+
+class _Skipped(bytes):
+    """The type of :data:`SKIPPED`: a value no record has (compared by identity)."""
+
+
+# the value of a marker record: it stands for a run of records the sample left out (their number is
+# its serialized_value_size); the daemon drops markers before decoding, counting what they stand for
+SKIPPED = _Skipped(b"")
+
+
+def is_marker(record: Any) -> bool:
+    """Whether ``record`` is a sampling marker, not a record of the topic."""
+    return record.value is SKIPPED
+
+
+class KeySample:
+    """The sample the reader keeps: records whose key's digest is under ``rate``'s threshold
+    (docs/events.md, "Sampling"). Shared by the loop (which may change the rate) and the reader."""
+
+    def __init__(self, rate: float = 1.0) -> None:
+        self.below: bytes | None = None
+        self.rate = 1.0
+        self.skipped = 0  # records the reader left out so far (a batch read twice counts twice)
+        self.set_rate(rate)
+
+    def set_rate(self, rate: float) -> None:
+        """Sample at ``rate`` in (0, 1] from the next batch read on."""
+        self.below = None if rate >= 1 else threshold(rate)
+        self.rate = min(rate, 1.0)
 
 
 def _headers(buf: bytes, pos: int) -> tuple[list[Any], int]:
@@ -160,4 +220,5 @@ def _headers(buf: bytes, pos: int) -> tuple[list[Any], int]:
 def serialized_header_size(headers: list[Any]) -> int:
     """What kafka-python reports as a record's serialized header size."""
     return sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
+
 

@@ -57,7 +57,7 @@ class Setting:
     """One setting: name (TOML key), type, default, a check and its help text."""
 
     name: str
-    kind: str  # str | int | float | bool | list | secret | choice | table
+    kind: str  # str | int | float | bool | list | secret | choice | table | rate
     default: Any
     help: str
     choices: tuple[str, ...] = ()
@@ -211,6 +211,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("gate_queue_batches", "int", 64, "bound of the training queue (batches)", minimum=1),
     S("closed_values_max_cardinality", "int", 1000, "list closed values for fields up to this cardinality", minimum=0),
     S("seed", "int", 0, "seed of every random choice", minimum=0),
+    # sampling (docs/events.md, "Sampling")
+    S("sample_rate", "rate", 1.0, "keep an impression and its clicks when the 64-bit hash of the record key is under this share, in (0, 1]; auto: lower it while consumer lag grows, raise it when lag is gone (docs/events.md)"),
+    S("sample_rate_min", "float", 0.01, "sample_rate auto: the lowest rate it may choose", minimum=0.0001, maximum=1),
     # input limits
     S("max_message_bytes", "int", 65536, "larger input messages are dead-lettered", minimum=64),
     S("dlq_max_record_bytes", "int", 1_000_000, "dead letters larger than this (key, value, headers) are truncated, with the original size and sha256 in headers; keep it below the DLQ topic's max.message.bytes", minimum=4096, maximum=100_000_000),
@@ -258,6 +261,7 @@ SETTING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("limits (inputs beyond are dead-lettered)", ("max_message_bytes", "max_fields_per_event",
                                                   "max_field_name_len", "max_value_len")),
     ("fields (which names get a column)", ("field_admit_min_events", "field_reclaim_events")),
+    ("sampling", ("sample_rate", "sample_rate_min")),
     ("security", ("kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
                   "kafka_sasl_password_file", "kafka_sasl_oauth_token_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
                   "kafka_ssl_check_hostname")),
@@ -305,6 +309,16 @@ def _parse(setting: Setting, raw: Any, origin: str) -> Any:
         if isinstance(raw, dict):
             return dict(raw)
         raise bad("a TOML table (or, in the environment or a flag, a JSON object)")
+    if kind == "rate":  # a share in (0, 1], or "auto"
+        if isinstance(raw, str) and raw.strip().lower() == "auto":
+            return "auto"
+        try:
+            rate = float(raw) if not isinstance(raw, bool) else float("nan")
+        except (TypeError, ValueError):
+            rate = float("nan")
+        if not 0 < rate <= 1:  # NaN fails too
+            raise bad("a number in (0, 1] or auto")
+        return rate
     if kind in ("int", "float"):
         if isinstance(raw, bool):
             raise bad(f"a number ({kind})")

@@ -36,6 +36,7 @@ class MaskBuilder:
         self.settings = settings
         self.policy = MaskPolicy(policy_config_from(settings))
         self._published_signature: tuple[Any, ...] | None = None
+        self.sample_rate = 1.0  # key-hash sampling rate the evidence is gathered at (set by the daemon)
 
     def snapshot(self) -> dict[str, Any]:
         return {"policy": self.policy.snapshot(), "signature": self._published_signature}
@@ -96,6 +97,7 @@ class MaskBuilder:
             fields=fields,
             policy=policy_summary(decision, self.policy.config),
             incarnation=getattr(publisher, "incarnation", None),
+            sample_rate=self.sample_rate,
         )
         return msg, self._signature(msg) != self._published_signature
 

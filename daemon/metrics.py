@@ -87,6 +87,10 @@ class DaemonMetrics:
         self.gate_skipped = Counter(
             "featsieve_gate_skipped_examples", "Examples left out of gate training by subsampling", registry=r
         )
+        self.sample_rate = Gauge("featsieve_sample_rate", "Share of record keys read (key-hash sampling, sample_rate)", registry=r)
+        self.sampled_out = Counter(
+            "featsieve_sampled_out_records", "Input records left out by key-hash sampling (never decoded)", registry=r
+        )
         self.gate_sampling_rate = Gauge("featsieve_gate_sampling_rate", "Share of examples sent to gate training", registry=r)
         self.online_auc = Gauge("featsieve_online_auc", "Prequential ROC AUC", ["model"], registry=r)
         self.online_logloss = Gauge("featsieve_online_logloss", "Prequential log loss", ["model"], registry=r)

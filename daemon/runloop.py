@@ -64,6 +64,7 @@ from connectors.kafka_compat import (
     broker_connected,
     check_version,
     install_socket_reader,
+    read_batches_fast,
 )
 from connectors.kafka_io import (
     ClientPropertyError,
@@ -78,6 +79,8 @@ from connectors.kafka_io import (
     wait_for_topics,
 )
 from connectors.mask_publisher import MaskPublisher, PublishedPosition, WriterFencedError
+from connectors.record_reader import SKIPPED as _SKIPPED
+from connectors.record_reader import KeySample
 from connectors.state_store import SnapshotError, SnapshotStore, StateWriteError
 from connectors.stats import TOPIC_CONFIG as STATS_TOPIC_CONFIG
 from daemon.baked import GATE_SETTINGS, StateRefused, baked_settings, changed_settings, refusal
@@ -89,6 +92,7 @@ from daemon.shards import ShardState, merged_mi
 from models.admission import ColumnActivity, FieldAdmission
 from models.interning import HOLE, MISSING, EncodedBatch, HashVersionError, Interner
 from models.mi import MIState
+from models.sampling import AutoRate, RateSchedule, kept, threshold
 
 log = logging.getLogger("featsieve")
 
@@ -103,6 +107,7 @@ STATE_RETRY_S = 5.0  # while snapshots cannot be written (disk full ...), how of
 GATE_DRAIN_TIMEOUT_S = 600.0  # --exit-at-end: how long the gate model may take to train its queue
 # allocations between young-generation collections, and the older generations' (CPython: 700, 10, 10)
 GC_THRESHOLDS = (20_000, 20, 100)
+AUTO_RATE_STEP_S = 5.0  # sample_rate = auto: seconds between looks at the consumer lag
 
 
 class StopRequested(Exception):
@@ -215,7 +220,21 @@ class Daemon:
         # when it was submitted: its rows still hold the old fields' values in the later ones
         self._releases: list[tuple[int, str]] = []
         self._in_flight_releases: deque[int] = deque()
+        # key-hash sampling (docs/events.md, "Sampling"): the reader leaves out what is not in it
+        auto = settings.sample_rate == "auto"
+        self.auto_rate = AutoRate(lowest=settings.sample_rate_min, high_lag=max(settings.ready_max_lag, 1),
+                                  low_lag=settings.ready_max_lag // 100) if auto else None
+        self.sample = KeySample(1.0 if auto else settings.sample_rate)
+        # auto: the impression rate and the (higher, for a while) rate clicks are read at
+        self.schedule = RateSchedule(1.0, int((settings.attribution_window_s + settings.lateness_s) * 1000))
+        self._impression_below: bytes | None = None  # the joins leave out impressions over it (auto)
+        self._sampled_out_joined = 0
+        self.sample_in_reader = False  # set by _connect: the fast reader samples, else _take does
+        self.sampled_out = 0  # records this process left out of the sample (reader and joins)
+        self._auto_rate_at = -1e18
+        self.metrics.sample_rate.set(self.sample.rate)
         self.masks = MaskBuilder(settings)
+        self.masks.sample_rate = self.sample.rate
         self.publisher: MaskPublisher | None = None
         self.consumer: Any = None
         self.dlq: DeadLetterQueue | None = None
@@ -246,6 +265,7 @@ class Daemon:
             # has read only impressions so far would expire them before their clicks are read
             sources=[(t, shard) for t in s.input_topics],
         )
+        join.impression_below = self._impression_below
         return ShardState(shard=shard, join=join, mi=MIState(self.mi_config),
                           admission=FieldAdmission(s.field_admit_min_events))
 
@@ -494,6 +514,7 @@ class Daemon:
                 self._hold_consumption(self._hold_reason(self._deliver_dead_letters()))
                 self._poll_once()
                 now = self.clock()
+                self._step_sample_rate(now)
                 if now - self.last_mask_mono >= self.s.mask_interval_s:
                     self.update_mask()
                 due = (now - self.last_checkpoint_mono >= self.s.checkpoint_interval_s
@@ -535,9 +556,14 @@ class Daemon:
                       "written, so nothing is lost or counted twice)", self.state_write_error)
             self._close()
             return 1
+        join = self._join_totals()
         log.info(
-            "featsieve stopped: events=%d state_bytes=%d offsets=%s mask_version=%d",
+            "featsieve stopped: events=%d state_bytes=%d offsets=%s mask_version=%d sample_rate=%g sampled_out=%d "
+            "positives=%d negatives=%d orphan_clicks=%d",
             self.events_seen, size, self._offsets_text(), self.publisher.version if self.publisher else 0,
+            self.schedule.rate if self.auto_rate is not None else self.sample.rate,
+            self.sampled_out,
+            join["positives"], join["negatives"], join["orphan_clicks"],
         )
         self._close()
         return 0
@@ -587,8 +613,10 @@ class Daemon:
                     session_timeout_ms=int(self.s.group_session_timeout_s * 1000),
                     heartbeat_interval_ms=min(3000, int(self.s.group_session_timeout_s * 1000) // 3),
                 )
+                adopt_consumer(self.consumer)  # the kept metadata rejoins
+                self.sample_in_reader = read_batches_fast(self.consumer, self.sample)
                 # outside kafka_compat's range it has said so once already: no second warning here
-                if not adopt_consumer(self.consumer, fast_reader=True) and check_version():
+                if not self.sample_in_reader and check_version():
                     log.warning("this kafka-python's internals are not the ones connectors/kafka_compat.py "
                                 "was written against: fetched batches are read by the library's own reader")
                 try:
@@ -896,7 +924,7 @@ class Daemon:
                         continue
                     pending = [records for t, records in self._in_flight if t == tp]
                     if pending:  # still ours and in the decoder: read on after those
-                        self.consumer.seek(tp, pending[-1][-1].offset + 1)
+                        self.consumer.seek(tp, _next_offset(pending[-1]))
                     else:
                         self._seek_to_state(tp)
                 batch = {}
@@ -913,9 +941,20 @@ class Daemon:
         budget = None  # with --max-events: records still to take, so that exactly that many are applied
         if self.max_events is not None:
             budget = self.max_events - self.events_seen - sum(len(r) for _, r in self._in_flight)
+        sampling = self.sample.below is not None or self.auto_rate is not None
         with self.metrics.batch_seconds.time():
             for tp, records in batch.items():
-                if budget is not None:
+                if sampling:
+                    if budget is not None and budget <= 0:
+                        continue
+                    records = self._sampled(records, budget)
+                    if not records:  # all left out: the offsets move on, after the batches before
+                        self._apply_in_flight()
+                        self._advance(tp, records)
+                        continue
+                    if budget is not None:
+                        budget -= len(records)  # cut to the budget already, with its runs left out
+                elif budget is not None:
                     # the rest is not applied and its offsets not recorded: a later run reads it
                     records = records[: max(budget, 0)]
                     budget -= len(records)
@@ -938,6 +977,86 @@ class Daemon:
             else:
                 # nothing new in this poll: wait for the oldest batch (the next poll does not block)
                 self._apply_in_flight(keep=max(len(self._in_flight) - 1, 0))
+
+    def _sampled(self, records: list[ConsumerRecord], limit: int | None = None) -> list[ConsumerRecord]:
+        """The records in the sample (at most ``limit``), as a list that knows the offset after
+        the last record read and how many it left out (docs/events.md, "Sampling").
+
+        The reader's markers stand for runs left out; one is counted only with a record kept
+        after it or at the end, so a list cut at ``limit`` leaves its rest, runs included, to
+        be read and counted later."""
+        out = _Read()
+        append = out.append
+        skipped = 0
+        run = 0
+        last = records[-1]
+        in_reader = self.sample_in_reader
+        rate = self.sample.rate
+        for r in records:
+            if in_reader:
+                if r.value is _SKIPPED:
+                    run += r.serialized_value_size
+                    continue
+            elif not kept(r.key, rate):  # the library's reader: sample here, on the same hash
+                run += 1
+                continue
+            if limit is not None and len(out) >= limit:
+                last = out[-1]
+                run = 0
+                break
+            skipped += run
+            run = 0
+            append(r)
+        out.next_offset = last.offset + 1
+        out.last_timestamp = last.timestamp
+        out.skipped = skipped + run
+        return out
+
+    def _count_sampled_out(self, records: list[ConsumerRecord]) -> None:
+        n = getattr(records, "skipped", 0)
+        if n:
+            self.metrics.sampled_out.inc(n)
+            self.sampled_out += n
+
+    def _advance(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
+        """Record as read a batch the sample left out entirely."""
+        shard = self.shards.get(tp.partition)
+        if shard is None:
+            shard = self.shards[tp.partition] = self._new_shard(tp.partition)
+        source = (tp.topic, tp.partition)
+        shard.offsets[source] = _next_offset(records)
+        self.last_record_ts[source] = getattr(records, "last_timestamp", 0) / 1000.0
+        self._count_sampled_out(records)
+
+    def _step_sample_rate(self, now: float) -> None:
+        """sample_rate = auto: let the controller see the lag and set the reader's rate."""
+        if self.auto_rate is None or now - self._auto_rate_at < AUTO_RATE_STEP_S or not self.assigned:
+            return
+        wm = self.event_time[0]
+        if wm is None:
+            return  # no event time yet: a rate change could not be placed in it (the hold below)
+        self._auto_rate_at = now
+        lag = sum(r for r, _ in self._lag().values())
+        rate = self.auto_rate.observe(lag)
+        if rate != self.schedule.rate:
+            log.info("sample_rate auto: lag %d records, rate %.4g -> %.4g", lag, self.schedule.rate, rate)
+            self.schedule.set_rate(rate, wm)
+            self.metrics.sample_rate.set(rate)
+            self.masks.sample_rate = rate
+        # clicks are read at the highest rate of the last window, so that those of impressions kept
+        # at it still join; impressions over the current rate are left out by the joins meanwhile
+        read = self.schedule.read_rate(wm)
+        if read != self.sample.rate:
+            self.sample.set_rate(read)
+        self._impression_below = threshold(rate) if rate < read else None
+        joined_out = 0
+        for shard in self.shards.values():
+            shard.join.impression_below = self._impression_below
+            joined_out += shard.join.sampled_out_impressions
+        if joined_out > self._sampled_out_joined:
+            self.metrics.sampled_out.inc(joined_out - self._sampled_out_joined)
+            self.sampled_out += joined_out - self._sampled_out_joined
+        self._sampled_out_joined = joined_out
 
     def _submit(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:
         """Hand a batch to the decoder (1), or decode and apply it here if there is none (0)."""
@@ -1039,8 +1158,9 @@ class Daemon:
         shard.mi.advance(shard.join.watermark_ms)
         self._note_event_time()
         n = len(records)
-        shard.offsets[source] = records[-1].offset + 1
-        self.last_record_ts[source] = records[-1].timestamp / 1000.0
+        shard.offsets[source] = _next_offset(records)
+        self.last_record_ts[source] = getattr(records, "last_timestamp", records[-1].timestamp) / 1000.0
+        self._count_sampled_out(records)
         self.events_seen += n
         self.events_seen_total += n
         self.events_since_checkpoint += n
@@ -1472,6 +1592,15 @@ class Daemon:
             out[(tp.topic, tp.partition)] = (lag, (now - last) if (lag and last) else 0.0)
         return out
 
+    def _join_totals(self) -> dict[str, int]:
+        """The joins' counters summed over the shards held (this process's and restored ones)."""
+        out = {"positives": 0, "negatives": 0, "orphan_clicks": 0}
+        for shard in self.shards.values():
+            stats = shard.join.stats()
+            for k in out:
+                out[k] += stats.get(k, 0)
+        return out
+
     def _join_size(self) -> int:
         return sum(s.join.pending_impressions for s in self.shards.values())
 
@@ -1521,6 +1650,21 @@ def _progress(shard: ShardState) -> int:
 
 def _offsets_of(shard: ShardState) -> str:
     return ",".join(f"{t}:{p}@{o}" for (t, p), o in sorted(shard.offsets.items())) or "-"
+
+
+class _Read(list):  # type: ignore[type-arg]
+    """Sampled records of one poll, with the offset after the last record read (kept or not),
+    its timestamp, and how many records before it the sample left out."""
+
+    next_offset: int
+    last_timestamp: int
+    skipped: int
+
+
+def _next_offset(records: list[ConsumerRecord]) -> int:
+    """The offset after a batch: after its last record, or after the last one the sample left out."""
+    nxt = getattr(records, "next_offset", None)
+    return nxt if nxt is not None else records[-1].offset + 1
 
 
 def _without(items: list[Any], drop: list[int]) -> list[Any]:

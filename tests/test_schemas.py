@@ -107,6 +107,8 @@ GOOD_MASKS = [
     with_field(closed_values=None, gate_open=None, z=None, examples=None, positives=None),
     {**MASK, "writer": "h:1", "policy": {"mode": "both"}, "future_key": [1]},
     {**MASK, "fields": {}},
+    {**MASK, "sample_rate": 0.1},  # key-hash sampling (docs/events.md)
+    {**MASK, "sample_rate": 1},
 ]
 BAD_MASKS = [
     {**MASK, "schema": 2},
@@ -124,6 +126,10 @@ BAD_MASKS = [
     with_field(closed_values=[{"a": 1}]),
     with_field(closed_values="x"),
     with_field(examples=-1),
+    {**MASK, "sample_rate": 0},
+    {**MASK, "sample_rate": 1.5},
+    {**MASK, "sample_rate": "0.1"},
+    {**MASK, "sample_rate": True},
 ]
 
 

@@ -10,6 +10,7 @@ Wire format (JSON object, keys sorted, UTF-8)::
 
     {"schema": 1, "model_id": "ctr", "version": 42, "epoch": 3,
      "incarnation": "5f0c...",             # optional: id of the writer's state lineage
+     "sample_rate": 0.1,                   # optional: share of keys the evidence was sampled at
      "created_at": 1718000000000,          # wall clock of the writer, epoch ms (UTC)
      "watermark": 1717999000000,           # event time the evidence reaches, epoch ms
      "writer": "host-1:4242",              # optional: instance that wrote it
@@ -229,7 +230,9 @@ class MaskMessage:
 
     ``created_at`` and ``watermark`` are epoch milliseconds (UTC). ``fields`` is stored in
     name order. ``incarnation`` identifies the writer's state lineage (None in masks of
-    writers older than it). Construction validates and raises :class:`MaskFormatError`.
+    writers older than it). ``sample_rate`` is the key-hash sampling rate in (0, 1] the
+    evidence was gathered at (None in masks of writers before sampling: read as 1).
+    Construction validates and raises :class:`MaskFormatError`.
     """
 
     schema: int = SCHEMA
@@ -242,6 +245,7 @@ class MaskMessage:
     writer: str | None = None
     policy: Mapping[str, Any] | None = None
     incarnation: str | None = None
+    sample_rate: float | None = None
 
     def __post_init__(self) -> None:
         _check_schema(self.schema)
@@ -263,6 +267,9 @@ class MaskMessage:
             raise MaskFormatError(f"policy must be an object or null, got {self.policy!r}")
         if self.incarnation is not None and (not isinstance(self.incarnation, str) or not self.incarnation):
             raise MaskFormatError(f"incarnation must be a non-empty string or null, got {self.incarnation!r}")
+        rate = self.sample_rate
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1):
+            raise MaskFormatError(f"sample_rate must be a number in (0, 1] or null, got {rate!r}")
 
     def kept(self) -> list[str]:
         """Names of the kept fields, in name order."""
@@ -307,6 +314,8 @@ def to_dict(msg: MaskMessage) -> dict[str, Any]:
         doc["policy"] = dict(msg.policy)
     if msg.incarnation is not None:
         doc["incarnation"] = msg.incarnation
+    if msg.sample_rate is not None:
+        doc["sample_rate"] = msg.sample_rate
     return doc
 
 
@@ -359,6 +368,7 @@ def from_dict(doc: object) -> MaskMessage:
         writer=doc.get("writer"),
         policy=doc.get("policy"),
         incarnation=doc.get("incarnation"),
+        sample_rate=doc.get("sample_rate"),
     )
 
 
