@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class ConfigError(ValueError):
@@ -324,18 +324,120 @@ def _parse(setting: Setting, raw: Any, origin: str) -> Any:
     raise AssertionError(f"unknown kind {kind}")
 
 
+class SettingValues:
+    """The type of every setting, for mypy: ``settings.gate_windw`` is a type error.
+
+    One annotation per entry of ``SETTINGS``, of the type ``_parse`` gives its kind
+    (tests/test_config.py checks both). Annotations only: this plain class is no
+    dataclass, so they are not fields of :class:`Settings` and create no attributes;
+    the values are found at run time by ``Settings.__getattr__``.
+    """
+
+    bootstrap: list[str]
+    input_topics: list[str]
+    mask_topic: str
+    dlq_topic: str
+    model_id: str
+    group_id: str
+    state_dir: str
+    metrics_port: int
+    attribution_window_s: float
+    metrics_addr: str
+    lateness_s: float
+    max_future_s: float
+    max_clock_skew_s: float
+    watermark_quorum: int
+    max_pending_impressions: int
+    max_pending_bytes: int
+    checkpoint_interval_s: float
+    checkpoint_interval_events: int
+    keep_snapshots: int
+    mask_interval_s: float
+    heartbeat_interval_s: float
+    max_poll_records: int
+    fetch_max_bytes: int
+    max_partition_fetch_bytes: int
+    ready_max_lag: int
+    coordination: str
+    stats_topic: str
+    control_topic: str
+    instance_id: str
+    writer_session_timeout_s: float
+    group_session_timeout_s: float
+    log_format: str
+    log_level: str
+    mi_max_values: int
+    mi_tail_buckets: int
+    mi_block_s: float
+    mi_blocks: int
+    pairs_top_n: int
+    max_pairs: int
+    pair_budget: int
+    max_fields: int
+    field_admit_min_events: int
+    field_reclaim_events: int
+    policy_mode: str
+    drop_budget: float
+    drop_confidence_z: float
+    drop_hysteresis: float
+    pair_min_z: float
+    gate_min_windows: int
+    gate_max_disagreement: float
+    gate_min_auc: float
+    enter_threshold: float
+    exit_threshold: float
+    min_examples: int
+    min_positives: int
+    min_z: float
+    exit_z: float
+    max_changes: int
+    protected_fields: list[str]
+    budget_k: int
+    drop_redundant: bool
+    gate_enter: float
+    gate_exit: float
+    gates: bool
+    decode_process: bool
+    gate_max_fields: int
+    gate_buckets: int
+    gate_window: int
+    gate_queue_batches: int
+    closed_values_max_cardinality: int
+    seed: int
+    max_message_bytes: int
+    dlq_max_record_bytes: int
+    max_fields_per_event: int
+    max_field_name_len: int
+    max_value_len: int
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: Secret
+    kafka_sasl_password_file: str
+    kafka_sasl_oauth_token_file: str
+    kafka_ssl_cafile: str
+    kafka_ssl_certfile: str
+    kafka_ssl_keyfile: str
+    kafka_ssl_check_hostname: bool
+    kafka_client_properties: dict[str, Any]
+    topic_replication_factor: int
+    topic_min_insync_replicas: int
+
+
 @dataclass(frozen=True)
-class Settings:
+class Settings(SettingValues):
     """The validated settings of one process. Build with :func:`load_settings`."""
 
     values: Mapping[str, Any]
     origins: Mapping[str, str]
 
-    def __getattr__(self, name: str) -> Any:
-        try:  # through __dict__: an instance being unpickled has no values yet
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    if not TYPE_CHECKING:  # hidden from mypy, which checks names against SettingValues instead
+
+        def __getattr__(self, name: str) -> Any:
+            try:  # through __dict__: an instance being unpickled has no values yet
+                return self.__dict__["values"][name]
+            except KeyError:
+                raise AttributeError(name) from None
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some values replaced (validated like flags)."""
