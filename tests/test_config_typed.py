@@ -42,7 +42,7 @@ def test_parsed_values_have_the_annotated_types() -> None:
 
 
 def test_annotations_are_not_dataclass_fields() -> None:
-    assert [f.name for f in dataclasses.fields(Settings)] == ["values", "origins"]
+    assert [f.name for f in dataclasses.fields(Settings)] == ["values", "origins", "deprecations"]
     s = load_settings(env={"FEATSIEVE_GATE_WINDOW": "5000"})
     assert s.gate_window == 5000 and Settings(s.values, s.origins) == s
     assert pickle.loads(pickle.dumps(s)).gate_window == 5000
