@@ -348,7 +348,7 @@ class SettingValues:
     """The type of every setting, for mypy: ``settings.gate_windw`` is a type error.
 
     One annotation per entry of ``SETTINGS``, of the type ``_parse`` gives its kind
-    (tests/test_config.py checks both). Annotations only: this plain class is no
+    (tests/test_config_typed.py checks both). Annotations only: this plain class is no
     dataclass, so they are not fields of :class:`Settings` and create no attributes;
     the values are found at run time by ``Settings.__getattr__``.
     """
