@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {one_line(str(exc))}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format, settings.log_level)
+    for warning in settings.deprecations:  # old spellings of renamed settings (config.RENAMED)
+        logging.getLogger("featsieve").warning(warning)
     from connectors.kafka_io import (  # loaded by setup_logging already
         ClientPropertyError,
         secret_property,

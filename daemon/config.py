@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class ConfigError(ValueError):
@@ -67,11 +67,21 @@ class Setting:
 
     @property
     def env(self) -> str:
-        return "FEATSIEVE_" + self.name.upper()
+        return env_name(self.name)
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return flag_name(self.name)
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting (or of an old name of one)."""
+    return "FEATSIEVE_" + name.upper()
+
+
+def flag_name(name: str) -> str:
+    """The command-line flag of a setting (or of an old name of one)."""
+    return "--" + name.replace("_", "-")
 
 
 def _bootstrap_ok(value: list[str]) -> str | None:
@@ -155,7 +165,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("checkpoint_interval_events", "int", 500_000, "input events between checkpoints", minimum=1),
     S("keep_snapshots", "int", 3, "checkpoints kept on disk (older ones pruned)", minimum=2, maximum=100),
     S("mask_interval_s", "float", 10.0, "wall-clock seconds between policy evaluations", minimum=0.05),
-    S("heartbeat_interval_s", "float", 300.0, "republish the current mask at least this often", minimum=1),
+    S("mask_republish_interval_s", "float", 300.0, "republish the current mask at least this often (old name: heartbeat_interval_s)", minimum=1),
     # above max_partition_fetch_bytes / event size, so that a poll drains the fetched records and
     # kafka-python sends the next fetch before the batch is processed (measured: poll 28 -> 13 us/event)
     S("max_poll_records", "int", 10_000, "records per consumer poll", minimum=1, maximum=1_000_000),
@@ -238,6 +248,16 @@ SETTINGS: tuple[Setting, ...] = (
 )
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
+# Renamed settings, old name -> new name. The old spelling keeps working as TOML key, env var and
+# flag (hidden from --help), with a deprecation warning; both spellings in one source is an error.
+RENAMED: dict[str, str] = {
+    # the mask republish interval, not Kafka's consumer heartbeat (heartbeat_interval_ms)
+    "heartbeat_interval_s": "mask_republish_interval_s",
+}
+_OLD_NAMES: dict[str, tuple[str, ...]] = {
+    new: tuple(old for old, n in RENAMED.items() if n == new) for new in set(RENAMED.values())
+}
+
 # The sections of ``--help`` (and of docs/cli.md): every setting is in exactly one (tests/test_cli.py).
 SETTING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Kafka", ("bootstrap", "input_topics", "mask_topic", "dlq_topic", "dlq_max_record_bytes", "group_id", "group_session_timeout_s",
@@ -248,7 +268,7 @@ SETTING_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("join (event time)", ("attribution_window_s", "lateness_s", "max_future_s", "max_clock_skew_s",
                            "watermark_quorum", "max_pending_impressions", "max_pending_bytes")),
     ("checkpoints and masks", ("checkpoint_interval_s", "checkpoint_interval_events", "keep_snapshots",
-                               "mask_interval_s", "heartbeat_interval_s")),
+                               "mask_interval_s", "mask_republish_interval_s")),
     ("coordination (several instances)", ("coordination", "stats_topic", "control_topic", "instance_id",
                                           "writer_session_timeout_s")),
     ("MI", ("mi_max_values", "mi_tail_buckets", "mi_block_s", "mi_blocks", "pairs_top_n", "max_pairs",
@@ -338,18 +358,125 @@ def _parse(setting: Setting, raw: Any, origin: str) -> Any:
     raise AssertionError(f"unknown kind {kind}")
 
 
+class SettingValues:
+    """The type of every setting, for mypy: ``settings.gate_windw`` is a type error.
+
+    One annotation per entry of ``SETTINGS``, of the type ``_parse`` gives its kind
+    (tests/test_config_typed.py checks both). Annotations only: this plain class is no
+    dataclass, so they are not fields of :class:`Settings` and create no attributes;
+    the values are found at run time by ``Settings.__getattr__``.
+    """
+
+    bootstrap: list[str]
+    input_topics: list[str]
+    mask_topic: str
+    dlq_topic: str
+    model_id: str
+    group_id: str
+    state_dir: str
+    metrics_port: int
+    attribution_window_s: float
+    metrics_addr: str
+    lateness_s: float
+    max_future_s: float
+    max_clock_skew_s: float
+    watermark_quorum: int
+    max_pending_impressions: int
+    max_pending_bytes: int
+    checkpoint_interval_s: float
+    checkpoint_interval_events: int
+    keep_snapshots: int
+    mask_interval_s: float
+    mask_republish_interval_s: float
+    max_poll_records: int
+    fetch_max_bytes: int
+    max_partition_fetch_bytes: int
+    ready_max_lag: int
+    coordination: str
+    stats_topic: str
+    control_topic: str
+    instance_id: str
+    writer_session_timeout_s: float
+    group_session_timeout_s: float
+    log_format: str
+    log_level: str
+    mi_max_values: int
+    mi_tail_buckets: int
+    mi_block_s: float
+    mi_blocks: int
+    pairs_top_n: int
+    max_pairs: int
+    pair_budget: int
+    max_fields: int
+    field_admit_min_events: int
+    field_reclaim_events: int
+    policy_mode: str
+    drop_budget: float
+    drop_confidence_z: float
+    drop_hysteresis: float
+    pair_min_z: float
+    gate_min_windows: int
+    gate_max_disagreement: float
+    gate_min_auc: float
+    enter_threshold: float
+    exit_threshold: float
+    min_examples: int
+    min_positives: int
+    min_z: float
+    exit_z: float
+    max_changes: int
+    protected_fields: list[str]
+    budget_k: int
+    drop_redundant: bool
+    gate_enter: float
+    gate_exit: float
+    gates: bool
+    decode_process: bool
+    gate_max_fields: int
+    gate_buckets: int
+    gate_window: int
+    gate_queue_batches: int
+    closed_values_max_cardinality: int
+    seed: int
+    max_message_bytes: int
+    dlq_max_record_bytes: int
+    max_fields_per_event: int
+    max_field_name_len: int
+    max_value_len: int
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str
+    kafka_sasl_username: str
+    kafka_sasl_password: Secret
+    kafka_sasl_password_file: str
+    kafka_sasl_oauth_token_file: str
+    kafka_ssl_cafile: str
+    kafka_ssl_certfile: str
+    kafka_ssl_keyfile: str
+    kafka_ssl_check_hostname: bool
+    kafka_client_properties: dict[str, Any]
+    topic_replication_factor: int
+    topic_min_insync_replicas: int
+
+
 @dataclass(frozen=True)
-class Settings:
-    """The validated settings of one process. Build with :func:`load_settings`."""
+class Settings(SettingValues):
+    """The validated settings of one process. Build with :func:`load_settings`.
+
+    ``deprecations`` are warnings about old spellings of settings that were used
+    (``RENAMED``); the CLI logs them once logging is set up.
+    """
 
     values: Mapping[str, Any]
     origins: Mapping[str, str]
+    deprecations: tuple[str, ...] = ()
 
-    def __getattr__(self, name: str) -> Any:
-        try:  # through __dict__: an instance being unpickled has no values yet
-            return self.__dict__["values"][name]
-        except KeyError:
-            raise AttributeError(name) from None
+    if not TYPE_CHECKING:  # hidden from mypy, which checks names against SettingValues instead
+
+        def __getattr__(self, name: str) -> Any:
+            try:  # through __dict__: an instance being unpickled has no values yet
+                return self.__dict__["values"][name]
+            except KeyError:
+                raise AttributeError(name) from None
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with some values replaced (validated like flags)."""
@@ -359,7 +486,7 @@ class Settings:
             setting = SETTINGS_BY_NAME[name]
             raw[name] = _parse(setting, value, "override") if not isinstance(value, Secret) else value
             origins[name] = "override"
-        return _validated(raw, origins)
+        return _validated(raw, origins, self.deprecations)
 
     def describe(self) -> dict[str, Any]:
         """Settings as printable data; secrets (and client properties that may hold one) appear as ``***``."""
@@ -382,7 +509,7 @@ class Settings:
         return self.values["kafka_sasl_password"]
 
 
-def _validated(values: dict[str, Any], origins: dict[str, str]) -> Settings:
+def _validated(values: dict[str, Any], origins: dict[str, str], deprecations: Sequence[str] = ()) -> Settings:
     for name, value in values.items():
         setting = SETTINGS_BY_NAME[name]
         if setting.check is not None:
@@ -424,7 +551,7 @@ def _validated(values: dict[str, Any], origins: dict[str, str]) -> Settings:
             raise ConfigError(f"invalid setting kafka_sasl_oauth_token_file: {token_file} is not a readable file")
     elif sasl and not values["kafka_sasl_username"]:
         raise ConfigError("invalid setting kafka_sasl_username: required when kafka_security_protocol is SASL_*")
-    return Settings(values=dict(values), origins=dict(origins))
+    return Settings(values=dict(values), origins=dict(origins), deprecations=tuple(deprecations))
 
 
 # other spellings of a setting's flag: --bootstrap-server as Kafka's own tools spell it
@@ -453,20 +580,16 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: Sequence[str] | No
             shown = (",".join(default) if isinstance(default, list)
                      else json.dumps(default) if isinstance(default, dict) else default)
             text = f"{setting.help} [{setting.env}; default {shown!s}]"
-            if setting.kind == "bool":
-                group.add_argument(setting.flag, *_ALIASES.get(setting.name, ()), action=BoolFlag,
-                                   dest=f"setting_{setting.name}", default=None, help=text)
-                continue
-            metavar = {"choice": "{" + ",".join(setting.choices) + "}", "table": "JSON"}.get(setting.kind,
-                                                                                             setting.kind.upper())
-            group.add_argument(
-                setting.flag,
-                *_ALIASES.get(setting.name, ()),
-                dest=f"setting_{setting.name}",
-                metavar=metavar,
-                default=None,
-                help=text,
-            )
+            # an old name is its own flag (to tell which was given), hidden from --help
+            for name in (setting.name, *_OLD_NAMES.get(setting.name, ())):
+                flags = (flag_name(name), *_ALIASES.get(name, ()))
+                shown_help = text if name == setting.name else argparse.SUPPRESS
+                if setting.kind == "bool":
+                    group.add_argument(*flags, action=BoolFlag, dest=f"setting_{name}", default=None, help=shown_help)
+                    continue
+                metavar = {"choice": "{" + ",".join(setting.choices) + "}", "table": "JSON"}.get(
+                    setting.kind, setting.kind.upper())
+                group.add_argument(*flags, dest=f"setting_{name}", metavar=metavar, default=None, help=shown_help)
 
 
 def load_settings(
@@ -478,6 +601,7 @@ def load_settings(
     env = os.environ if env is None else env
     values: dict[str, Any] = {s.name: (Secret(s.default) if s.kind == "secret" else s.default) for s in SETTINGS}
     origins = {s.name: "default" for s in SETTINGS}
+    deprecations: list[str] = []
     path = config_path or (getattr(args, "config", None) if args is not None else None)
     if path:
         try:
@@ -491,21 +615,45 @@ def load_settings(
         table = data.get("featsieve", data)
         if not isinstance(table, dict):
             raise ConfigError(f"invalid setting --config: [featsieve] in {path} is not a table")
-        for key, raw in table.items():
-            if key not in SETTINGS_BY_NAME:
+        for key in table:
+            if key not in SETTINGS_BY_NAME and key not in RENAMED:
                 known = ", ".join(sorted(SETTINGS_BY_NAME))
                 raise ConfigError(f"invalid setting {key} in {path}: unknown setting (known: {known})")
-            values[key] = _parse(SETTINGS_BY_NAME[key], raw, f"from {path}")
-            origins[key] = f"from {path}"
+        for setting in SETTINGS:
+            key = _spelling(setting, table.get, str, f" in {path}", deprecations)
+            if key is not None:
+                values[setting.name] = _parse(setting, table[key], f"from {path}")
+                origins[setting.name] = f"from {path}"
     for setting in SETTINGS:
-        if setting.env in env:
-            values[setting.name] = _parse(setting, env[setting.env], f"from {setting.env}")
-            origins[setting.name] = f"from {setting.env}"
+        name = _spelling(setting, lambda n: env.get(env_name(n)), env_name, "", deprecations)
+        if name is not None:
+            values[setting.name] = _parse(setting, env[env_name(name)], f"from {env_name(name)}")
+            origins[setting.name] = f"from {env_name(name)}"
     if args is not None:
         for setting in SETTINGS:
-            raw = getattr(args, f"setting_{setting.name}", None)
-            if raw is not None:
-                values[setting.name] = _parse(setting, raw, f"from {setting.flag}")
-                origins[setting.name] = f"from {setting.flag}"
-    return _validated(values, origins)
+            name = _spelling(setting, lambda n: getattr(args, f"setting_{n}", None), flag_name, "", deprecations)
+            if name is not None:
+                raw = getattr(args, f"setting_{name}")
+                values[setting.name] = _parse(setting, raw, f"from {flag_name(name)}")
+                origins[setting.name] = f"from {flag_name(name)}"
+    return _validated(values, origins, deprecations)
+
+
+def _spelling(setting: Setting, lookup: Callable[[str], Any], spell: Callable[[str], str], where: str,
+              deprecations: list[str]) -> str | None:
+    """Which name of ``setting`` (its own or an old one, ``RENAMED``) one source gives, or None.
+
+    ``lookup(name)`` is the source's raw value or None and ``spell(name)`` how the source spells
+    the name (TOML key, env var, flag). Both names at once is a ConfigError naming both; an old
+    name adds a deprecation warning naming the new one.
+    """
+    given = [n for n in (setting.name, *_OLD_NAMES.get(setting.name, ())) if lookup(n) is not None]
+    if len(given) > 1:
+        new, old = spell(given[0]), spell(given[1])
+        raise ConfigError(f"invalid setting {setting.name}{where}: both {new} and its old name {old} "
+                          f"are given; keep only {new}")
+    if given and given[0] != setting.name:
+        deprecations.append(f"setting {spell(given[0])}{where} is deprecated: it was renamed "
+                            f"{spell(setting.name)} (the old name still works)")
+    return given[0] if given else None
 

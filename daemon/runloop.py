@@ -1412,7 +1412,7 @@ class Daemon:
         if not msg.fields:
             return  # no evidence yet: an empty mask would tell subscribers nothing
         last = self.publisher.last_publish_time
-        heartbeat_due = last is None or time.time() - last >= self.s.heartbeat_interval_s
+        heartbeat_due = last is None or time.time() - last >= self.s.mask_republish_interval_s
         if changed or heartbeat_due or end_of_input or force and self.publisher.last_published is None:
             trigger = "change" if changed else "heartbeat"
             try:

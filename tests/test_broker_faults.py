@@ -134,7 +134,7 @@ def test_broker_restart_mid_stream_gives_the_uninterrupted_state(broker: Private
     port = free_ports(1)
     state = tmp_path / "restarted"
     # a heartbeat every second: the daemon tries to publish masks while the broker is gone
-    args = daemon_args(broker.bootstrap, unique, "restarted", state, port) + ["--heartbeat-interval-s", "1"]
+    args = daemon_args(broker.bootstrap, unique, "restarted", state, port) + ["--mask-republish-interval-s", "1"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_caught_up(proc, port, state, broker.bootstrap, topics)

@@ -100,7 +100,7 @@ def test_two_daemons_same_model_second_fences_first(bootstrap: str, unique: str,
               "--event-rate", "5", "--input-topics", topics)
     common = ["--bootstrap", bootstrap, "--input-topics", topics, "--model-id", unique,
               "--mask-topic", f"{unique}.masks", "--metrics-port", "0", "--gates", "false",
-              "--mask-interval-s", "0.2", "--heartbeat-interval-s", "1", "--attribution-window-s", "120"]
+              "--mask-interval-s", "0.2", "--mask-republish-interval-s", "1", "--attribution-window-s", "120"]
     seen: list[tuple[int, int]] = []
     sub = MaskSubscriber(unique, bootstrap, topic=f"{unique}.masks",
                          on_update=lambda m: seen.append((m.epoch, m.version))).start()

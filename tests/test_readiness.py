@@ -135,7 +135,7 @@ def test_the_single_writers_outcomes(bootstrap: str, unique: str, tmp_path: Path
     try:
         wait_until(lambda: len(holder.held()) == 2, 60, "the holder to hold both input partitions")
         a, a_port, a_log = start(bootstrap, unique, "a", tmp_path, "--group-id", f"{unique}-a", "--model-id", unique,
-                                 "--heartbeat-interval-s", "1", failpoint="writer_fenced:1=pause")
+                                 "--mask-republish-interval-s", "1", failpoint="writer_fenced:1=pause")
         procs.append(a)
         # 5. in the group, but the holder has every partition
         readyz(a, a_port, a_log, 503, "no partitions assigned")

@@ -96,7 +96,7 @@ def test_three_instances_over_six_partitions_equal_one_instance(bootstrap: str, 
 def test_writer_failover_fences_the_old_writer(bootstrap: str, unique: str, tmp_path: Path) -> None:
     _generate(bootstrap, unique, 20_000)
     common = [*_common(bootstrap, unique), "--coordination", "group", "--group-id", unique,
-              "--mask-interval-s", "0.5", "--heartbeat-interval-s", "1", "--writer-session-timeout-s", "6",
+              "--mask-interval-s", "0.5", "--mask-republish-interval-s", "1", "--writer-session-timeout-s", "6",
               "--checkpoint-interval-s", "1"]
     seen: list[tuple[int, int]] = []
     sub = MaskSubscriber(unique, bootstrap, topic=f"{unique}.masks",
