@@ -456,6 +456,8 @@ class SettingValues:
     kafka_client_properties: dict[str, Any]
     topic_replication_factor: int
     topic_min_insync_replicas: int
+    sample_rate: float | str  # a share in (0, 1], or "auto"
+    sample_rate_min: float
 
 
 @dataclass(frozen=True)

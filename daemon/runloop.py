@@ -221,10 +221,10 @@ class Daemon:
         self._releases: list[tuple[int, str]] = []
         self._in_flight_releases: deque[int] = deque()
         # key-hash sampling (docs/events.md, "Sampling"): the reader leaves out what is not in it
-        auto = settings.sample_rate == "auto"
+        rate = settings.sample_rate
         self.auto_rate = AutoRate(lowest=settings.sample_rate_min, high_lag=max(settings.ready_max_lag, 1),
-                                  low_lag=settings.ready_max_lag // 100) if auto else None
-        self.sample = KeySample(1.0 if auto else settings.sample_rate)
+                                  low_lag=settings.ready_max_lag // 100) if rate == "auto" else None
+        self.sample = KeySample(rate if isinstance(rate, float) else 1.0)  # auto starts at 1
         # auto: the impression rate and the (higher, for a while) rate clicks are read at
         self.schedule = RateSchedule(1.0, int((settings.attribution_window_s + settings.lateness_s) * 1000))
         self._impression_below: bytes | None = None  # the joins leave out impressions over it (auto)
