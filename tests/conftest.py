@@ -136,15 +136,19 @@ def gated_masks(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Gat
          # model, taught a fraction of the stream, would not earn a vote within the deadline
          "--gate-queue-batches", "2000"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
-    sub = MaskSubscriber(name, bootstrap, topic=f"{name}.masks", on_update=lambda m: any(
-        f.closed_values for f in m.fields.values()) and closed.set())
+    def on_update(mask: Any) -> None:
+        if any(f.closed_values for f in mask.fields.values()):
+            # killed at once, from the subscriber's own callback, not stopped: a later mask (a
+            # window in which the gates lost their vote, or the mask published at shutdown) would
+            # replace the one with closed values these tests read as the newest
+            proc.kill()
+            closed.set()
+
     try:
-        with sub:
+        with MaskSubscriber(name, bootstrap, topic=f"{name}.masks", on_update=on_update):
             if not closed.wait(300):
                 raise AssertionError("no mask with closed values in 300 s:\n" + log.read_text()[-3000:])
     finally:
-        # killed, not stopped: a later mask (a window in which the gates lost their vote, or the
-        # mask published at shutdown) would replace the one with closed values these tests read
         proc.kill()
         proc.wait(timeout=120)
     return GatedMasks(bootstrap, name, topics, f"{name}.masks")
