@@ -397,13 +397,7 @@ class Daemon:
         self._settle_in_flight(drop=set(revoked))
         if revoked and (self.publisher is not None or self.coordinator is not None) and not self._closing:
             self.checkpoint(reason="revoke", sync_commit=False)
-        self.assigned -= set(revoked)
-        if self.group_mode:
-            # the next owner resumes these shards from the stats topic; holding them would count twice
-            kept = {tp.partition for tp in self.assigned}
-            for tp in revoked:
-                if tp.partition not in kept:
-                    self.shards.pop(tp.partition, None)
+        self._give_up(revoked)
         log.info("partitions revoked: %s", _tp_list(revoked))
         self._note_event_time()
 
@@ -416,17 +410,21 @@ class Daemon:
         self._rebalance_count += 1
         self.metrics.rebalances.labels("lost").inc()
         self._settle_in_flight(drop=set(lost))
-        self.assigned -= set(lost)
-        if self.group_mode:
-            # the next owner resumes these shards from the last states on the stats topic
-            kept = {tp.partition for tp in self.assigned}
-            for tp in lost:
-                if tp.partition not in kept:
-                    self.shards.pop(tp.partition, None)
-        # a single instance keeps its shards: no other instance reads them, and its state is
-        # consistent with its own offsets, which the rejoin's assignment seeks to
+        self._give_up(lost)
         log.warning("partitions lost (this member was evicted from the group): %s", _tp_list(lost))
         self._note_event_time()
+
+    def _give_up(self, partitions: list[TopicPartition]) -> None:
+        """No longer ours. In group mode their shards go: the next owner resumes them from the
+        last states on the stats topic, and holding them would count twice. A single instance
+        keeps its shards: no other instance reads them, and their state is consistent with their
+        own offsets, which the next assignment seeks to."""
+        self.assigned -= set(partitions)
+        if self.group_mode:
+            kept = {tp.partition for tp in self.assigned}
+            for tp in partitions:
+                if tp.partition not in kept:
+                    self.shards.pop(tp.partition, None)
 
     def on_assigned(self, assigned: list[TopicPartition]) -> None:
         self._rebalance_count += 1
